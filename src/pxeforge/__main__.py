@@ -1,0 +1,3 @@
+from pxeforge.cli.main import main
+
+main()
