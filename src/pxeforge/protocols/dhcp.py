@@ -606,7 +606,8 @@ def make_reply(
     0; ciaddr is copied into an ACK (answer to INFORM, or to a renewing/rebinding REQUEST,
     which is when the client filled ciaddr). Options: 53, 54, then ``options`` in order, then
     the client identifier 61 echoed (RFC 6842; ``echo_client_id=False`` to skip) and the
-    relay agent information 82 echoed unchanged, last (RFC 3046 §2.2).
+    relay agent information 82 echoed unchanged, last (RFC 3046 §2.2). A NAK through a
+    relay gets the broadcast flag (RFC 2131 §4.1).
     """
     out: dict[int, bytes] = {
         Option.MESSAGE_TYPE: bytes((message_type,)),
@@ -623,6 +624,9 @@ def make_reply(
         out.pop(Option.RELAY_AGENT_INFO, None)
         out[Option.RELAY_AGENT_INFO] = relay
     ciaddr = request.ciaddr if message_type == MessageType.ACK else _ZERO_IP
+    flags = request.flags
+    if message_type == MessageType.NAK and int(request.giaddr):
+        flags |= FLAG_BROADCAST  # RFC 2131 §4.1: the relay must broadcast a NAK
     return Packet(
         op=BOOTREPLY,
         htype=request.htype,
@@ -630,7 +634,7 @@ def make_reply(
         hops=0,
         xid=request.xid,
         secs=0,
-        flags=request.flags,
+        flags=flags,
         ciaddr=ciaddr,
         yiaddr=yiaddr,
         siaddr=siaddr,
