@@ -1,0 +1,1 @@
+"""ramdisk tests."""
