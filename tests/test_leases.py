@@ -435,3 +435,16 @@ def test_sigkill_mid_burst_loses_no_acked_lease(tmp_path: Path) -> None:
             on_disk = {str(x.ip) for x in store.load()}
         missing = set(acked) - on_disk
         assert not missing, f"acknowledged but lost: {sorted(missing)[:5]}"
+
+
+def test_forget_offer_when_the_client_chose_another_server() -> None:
+    p = pool("10.0.0.10", "10.0.0.10")
+    ip = p.offer(mac(1), None, None, 0.0)
+    assert not p.forget_offer(mac(2), 1.0)
+    assert p.forget_offer(mac(1), 1.0)
+    assert p.offer(mac(2), None, None, 1.0) == ip  # free for others at once
+    p.request(mac(2), ip, 1.0, 60)
+    assert not p.forget_offer(mac(2), 2.0)  # bound leases are not offers
+    assert p.has_changes
+    upserts, deletes = p.drain_changes()
+    assert [x.ip for x in upserts] == [ip] and deletes == [] and not p.has_changes

@@ -270,6 +270,17 @@ class LeasePool:
         self._put(quarantine, journal=True)
         return True
 
+    def forget_offer(self, mac: str, now: float, *, client_id: bytes | None = None) -> bool:
+        """The client chose another server's offer (RFC 2131 §4.3.2 SELECTING): let go of
+        ours. Its address stays remembered for it, like a lapsed offer. True when it held one.
+        """
+        self.expire(now)
+        rec = self.lease_of(mac, client_id)
+        if rec is None or rec.state is not LeaseState.OFFERED:
+            return False
+        self._put(replace(rec, state=LeaseState.EXPIRED, expires=now))
+        return True
+
     def expire(self, now: float) -> list[Lease]:
         """Apply every timer due at ``now``; returns the records that changed (new state)."""
         changed: list[Lease] = []
@@ -318,6 +329,11 @@ class LeasePool:
             self._put(replace(lease, state=state))
             kept += 1
         return kept
+
+    @property
+    def has_changes(self) -> bool:
+        """Records changed since the last `drain_changes` (something to write)."""
+        return bool(self._changes)
 
     def drain_changes(self) -> tuple[list[Lease], list[IPv4Address]]:
         """The records to write since the last call: (upserts, deleted addresses)."""
