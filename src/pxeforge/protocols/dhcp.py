@@ -171,7 +171,12 @@ _FIXED_LENGTH: Mapping[int, int] = MappingProxyType(
         Option.REBINDING_TIME: 4,
     }
 )
+_FIXED_CODES = frozenset(int(code) for code in _FIXED_LENGTH)
 _MESSAGE_TYPES = frozenset(int(t) for t in MessageType)
+# plain ints for the hot paths (enum attribute lookups cost more than the work around them)
+_OPT_MESSAGE_TYPE = int(Option.MESSAGE_TYPE)
+_OPT_OVERLOAD = int(Option.OVERLOAD)
+_FRAMING = frozenset((int(Option.PAD), int(Option.END), _OPT_OVERLOAD))
 _OVERLOAD_FILE, _OVERLOAD_SNAME = 1, 2
 
 
@@ -368,9 +373,9 @@ def _ordered_items(options: Mapping[int, bytes]) -> list[tuple[int, bytes]]:
     items: list[tuple[int, bytes]] = []
     first: list[tuple[int, bytes]] = []
     for code, value in options.items():
-        if code == Option.MESSAGE_TYPE:
+        if code == _OPT_MESSAGE_TYPE:
             first.append((code, value))
-        elif code in (Option.PAD, Option.END, Option.OVERLOAD) or not 0 < code < 255:
+        elif code in _FRAMING or not 0 < code < 255:
             raise ValueError(f"option {code} cannot be set by hand: it is wire framing")
         else:
             items.append((code, value))
@@ -488,7 +493,7 @@ def _walk(
         old = options.get(code)
         if old is None:
             options[code] = value
-            if code in _FIXED_LENGTH:
+            if code in _FIXED_CODES:
                 seen_at[code] = i
         else:
             options[code] = old + value
@@ -525,9 +530,9 @@ def parse(data: bytes | bytearray | memoryview) -> Packet:
     options: dict[int, bytes] = {}
     seen_at: dict[int, int] = {}
     _walk(buf, HEADER_SIZE, n, options, seen_at, "options")
-    overload_raw = options.pop(Option.OVERLOAD, None)
+    overload_raw = options.pop(_OPT_OVERLOAD, None)
     if overload_raw is not None:
-        at = seen_at.pop(Option.OVERLOAD)
+        at = seen_at.pop(_OPT_OVERLOAD)
         if len(overload_raw) != 1 or not 1 <= overload_raw[0] <= 3:
             raise DhcpError(
                 f"option 52 (overload) at offset {at}: value {overload_raw.hex()} is not 1, 2 or 3"
@@ -562,9 +567,9 @@ def parse(data: bytes | bytearray | memoryview) -> Packet:
             raise DhcpError(
                 f"option {code} at offset {at} has {len(value)} bytes, RFC 2132 fixes {want}"
             )
-    mtype = options.get(Option.MESSAGE_TYPE)
+    mtype = options.get(_OPT_MESSAGE_TYPE)
     if mtype is not None and mtype[0] not in _MESSAGE_TYPES:
-        at = seen_at[Option.MESSAGE_TYPE]
+        at = seen_at[_OPT_MESSAGE_TYPE]
         raise DhcpError(f"option 53 at offset {at}: unknown DHCP message type {mtype[0]}")
     return Packet(
         op=op,
