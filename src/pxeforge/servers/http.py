@@ -1,0 +1,299 @@
+"""HTTP boot server: boot files by sendfile, iPXE scripts, and the lab's callback.
+
+Theory of operation
+-------------------
+One aiohttp application (low-level `web.AppRunner` + `web.TCPSite`), four kinds of request:
+
+``GET/HEAD /<path>``
+    A boot file from the `FileSource` (normally `pxeforge.boot.resolve.BootFiles`), with the
+    client's IP address so per-machine configs can be found. The path is taken from the raw
+    request line, percent-decoded once (strict UTF-8), then goes through the same
+    `safe_relpath` rules as TFTP: ``..`` (also ``%2e%2e``), NUL and control characters are
+    refused with 403, symlinks out of the root too (`RootFiles`), a miss is 404. Error bodies
+    are one short line and never name a server path. Files on disk are sent with
+    `web.FileResponse` (``loop.sendfile``; Content-Length, ``Range`` → 206, HEAD, ETag) opened
+    through ``/proc/self/fd/N`` of the descriptor the file source already checked, so exactly
+    that file is sent: no second path lookup, and none of FileResponse's ``.gz``/``.br``
+    sibling substitution. Rendered files are plain responses with Content-Length.
+``GET /boot.ipxe``
+    The chain script (`render_ipxe_chain`): for each NIC it asks
+    ``/ipxe?mac=${netX/mac}&uuid=${uuid}&arch=${buildarch}&platform=${platform}``, and sleeps
+    before starting over when no NIC got an answer.
+``GET /ipxe?mac=…``
+    `render_ipxe` of ``booter.boot_spec(machine)``. The machine is the registry's entry for
+    that MAC when the DHCP server saw it, else built from the query (``platform=pcbios`` →
+    BIOS; ``platform=efi`` with ``arch`` x86_64 / i386 / arm64 / arm32 → the EFI firmware).
+    No spec → 404 whose body is an iPXE script that prints why and sleeps (iPXE does not run
+    a 404 body: ``chain`` fails and boot.ipxe's loop tries the next NIC, then waits).
+``POST /_pxeforge/callback`` and ``GET /_pxeforge/callbacks``
+    The lab's test guest reports back (at least ``mac``; usually ``cmdline`` and inventory).
+    The body may be a JSON object, a form (``a=1&b=2``, what busybox ``wget --post-data``
+    sends) or ``key=value`` lines; query parameters are merged under the body's. Records are
+    logged ("callback from <mac>") and kept in memory, newest last, at most
+    `CALLBACK_HISTORY`; the GET returns them as a JSON list. A malformed body is 400.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mimetypes
+import re
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
+
+from pxeforge.boot.booter import Booter
+from pxeforge.boot.clients import ClientRegistry
+from pxeforge.boot.files import BootFile, FileSource
+from pxeforge.boot.machine import Firmware, Machine, normalize_mac
+from pxeforge.boot.render import IPXE_RETRY_SECONDS, render_ipxe, render_ipxe_chain
+from pxeforge.errors import AccessViolation, FileNotFound
+
+__all__ = [
+    "CALLBACK_HISTORY",
+    "HttpServer",
+    "firmware_from_ipxe",
+    "parse_callback",
+    "start_http",
+]
+
+log = logging.getLogger("pxeforge.http")
+access_log = logging.getLogger("pxeforge.http.access")
+
+CALLBACK_HISTORY = 1000
+CALLBACK_MAX_BYTES = 64 * 1024  # request bodies: callbacks are small
+TEXT = "text/plain"
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# iPXE ${buildarch} under ${platform} efi → firmware (BIOS iPXE is i386 or x86_64 alike).
+_EFI_BY_BUILDARCH = {
+    "x86_64": Firmware.EFI_X64,
+    "i386": Firmware.EFI_IA32,
+    "arm64": Firmware.EFI_ARM64,
+    "arm32": Firmware.EFI_ARM32,
+}
+
+
+def firmware_from_ipxe(buildarch: str, platform: str) -> Firmware:
+    """Firmware from iPXE's ``${buildarch}`` and ``${platform}`` settings."""
+    if platform == "pcbios":
+        return Firmware.BIOS
+    if platform == "efi":
+        return _EFI_BY_BUILDARCH.get(buildarch, Firmware.UNKNOWN)
+    return Firmware.UNKNOWN
+
+
+def parse_callback(body: bytes, query: Mapping[str, str]) -> dict[str, Any]:
+    """A callback record from a JSON object, form or ``key=value`` lines; `ValueError` if bad."""
+    try:
+        text = body.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError("body is not UTF-8") from None
+    data: dict[str, Any]
+    if text.startswith("{"):
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"bad JSON: {exc.msg} at offset {exc.pos}") from None
+        if not isinstance(loaded, dict):
+            raise ValueError("JSON body must be an object")
+        data = loaded
+    elif text:
+        form = text.replace("\r\n", "&").replace("\n", "&")
+        try:
+            data = dict(parse_qsl(form, keep_blank_values=True, strict_parsing=True))
+        except ValueError:
+            raise ValueError("body is neither JSON nor key=value pairs") from None
+    else:
+        data = {}
+    record: dict[str, Any] = {**query, **data}
+    mac = record.get("mac")
+    if not isinstance(mac, str):
+        raise ValueError("'mac' is missing")
+    record["mac"] = normalize_mac(mac)  # ValueError names the bad value
+    return record
+
+
+@dataclass
+class HttpServer:
+    """A running HTTP server; ``port`` is the bound port (useful with port 0)."""
+
+    port: int
+    http_base: str
+    callbacks: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=CALLBACK_HISTORY))
+    _runner: web.AppRunner | None = None
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+
+class _OpenFileResponse(web.FileResponse):
+    """`web.FileResponse` of an already opened, already checked file; closes it when sent."""
+
+    def __init__(self, file: BootFile, fd: int, content_type: str) -> None:
+        super().__init__(f"/proc/self/fd/{fd}", headers={hdrs.CONTENT_TYPE: content_type})
+        self._file = file
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        try:
+            return await super().prepare(request)
+        finally:
+            self._file.close()
+
+
+def _client_ip(request: web.BaseRequest) -> IPv4Address | None:
+    try:
+        return IPv4Address(request.remote or "")
+    except ValueError:
+        return None
+
+
+def _content_type(name: str) -> str:
+    guessed, _ = mimetypes.guess_type(name, strict=False)
+    return guessed or "application/octet-stream"
+
+
+def _text(status: int, body: str) -> web.Response:
+    return web.Response(status=status, text=body, content_type=TEXT)
+
+
+class _Handlers:
+    def __init__(
+        self,
+        files: FileSource,
+        booter: Booter,
+        registry: ClientRegistry,
+        server: HttpServer,
+    ) -> None:
+        self.files = files
+        self.booter = booter
+        self.registry = registry
+        self.server = server
+
+    async def file(self, request: web.Request) -> web.StreamResponse:
+        raw = request.raw_path.partition("?")[0]
+        try:
+            path = unquote(raw, errors="strict")
+        except UnicodeDecodeError:
+            return _text(400, "bad request: path is not UTF-8\n")
+        client = _client_ip(request)
+        try:
+            boot_file = self.files.open(path, client)
+        except FileNotFound:
+            return _text(404, "not found\n")
+        except AccessViolation as exc:
+            log.warning("HTTP %s from %s refused: %s", raw[:200], request.remote, exc)
+            return _text(403, "forbidden\n")
+        if boot_file.path is not None:
+            content_type = _content_type(boot_file.name)
+            fileno = getattr(boot_file, "fileno", None)
+            if callable(fileno):
+                return _OpenFileResponse(boot_file, fileno(), content_type)
+            boot_file.close()  # a disk file we cannot hold open: serve it by path
+            return web.FileResponse(boot_file.path, headers={hdrs.CONTENT_TYPE: content_type})
+        try:
+            data = boot_file.read_at(0, boot_file.size)
+        finally:
+            boot_file.close()
+        return web.Response(body=data, content_type=TEXT)
+
+    async def boot_ipxe(self, request: web.Request) -> web.Response:
+        return _text(200, render_ipxe_chain(self.server.http_base))
+
+    async def ipxe(self, request: web.Request) -> web.Response:
+        query = request.query
+        try:
+            mac = normalize_mac(query.get("mac", ""))
+        except ValueError:
+            return _text(400, self._wait_script("no valid mac= in the request"))
+        machine = self.registry.by_mac(mac)
+        firmware = firmware_from_ipxe(query.get("arch", ""), query.get("platform", ""))
+        if machine is None:
+            uuid = query.get("uuid", "").lower()
+            machine = Machine(
+                mac=mac,
+                firmware=firmware,
+                uuid=uuid if _UUID.fullmatch(uuid) else None,
+                ipxe=True,
+                ip=_client_ip(request),
+            )
+        elif machine.firmware is Firmware.UNKNOWN:
+            machine = replace(machine, firmware=firmware, ipxe=True)
+        spec = self.booter.boot_spec(machine)
+        if spec is None:
+            log.info("iPXE script for %s: no boot configuration", mac)
+            return _text(404, self._wait_script(f"no boot configuration for {mac}"))
+        try:
+            script = render_ipxe(spec, http_base=self.server.http_base, firmware=machine.firmware)
+        except ValueError as exc:
+            log.error("iPXE script for %s: booter's boot spec refused: %s", mac, exc)
+            return _text(500, self._wait_script(f"boot configuration for {mac} refused"))
+        log.info("iPXE script for %s (%s)", mac, machine.firmware.value)
+        return _text(200, script)
+
+    def _wait_script(self, why: str) -> str:
+        return (
+            f"#!ipxe\necho pxeforge: {why}\nsleep {IPXE_RETRY_SECONDS}\n"
+            f"chain --autofree {self.server.http_base.rstrip('/')}/boot.ipxe\n"
+        )
+
+    async def callback(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            record = parse_callback(body, request.query)
+        except ValueError as exc:
+            log.warning("bad callback from %s: %s", request.remote, exc)
+            return _text(400, f"bad callback: {exc}\n")
+        record["remote"] = request.remote
+        record["time"] = time.time()
+        self.server.callbacks.append(record)
+        log.info("callback from %s (%s)", record["mac"], request.remote)
+        return web.json_response({"ok": True})
+
+    async def callbacks(self, request: web.Request) -> web.Response:
+        return web.json_response(list(self.server.callbacks))
+
+
+async def start_http(
+    host: str,
+    port: int,
+    files: FileSource,
+    *,
+    booter: Booter,
+    registry: ClientRegistry,
+    http_base: str | None = None,
+) -> HttpServer:
+    """Bind and serve. ``http_base`` (the URL clients reach us at) defaults to the bound
+    ``http://host:port`` — what tests on port 0 want; ``pxeforge serve`` passes its own."""
+    server = HttpServer(port=0, http_base=http_base or "")
+    handlers = _Handlers(files, booter, registry, server)
+    app = web.Application(client_max_size=CALLBACK_MAX_BYTES)
+    app.router.add_get("/boot.ipxe", handlers.boot_ipxe)
+    app.router.add_get("/ipxe", handlers.ipxe)
+    app.router.add_post("/_pxeforge/callback", handlers.callback)
+    app.router.add_get("/_pxeforge/callbacks", handlers.callbacks)
+    app.router.add_get(r"/{path:[\s\S]*}", handlers.file)
+    runner = web.AppRunner(app, access_log=access_log)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    server._runner = runner
+    server.port = int(runner.addresses[0][1])
+    if not server.http_base:
+        shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
+        server.http_base = f"http://{shown}:{server.port}"
+    return server
