@@ -271,7 +271,8 @@ def test_ipxe_uses_registry_machine_and_refuses_unknown(tree: Path) -> None:
     async def scenario(base: str, server: HttpServer) -> None:
         got = await curl(f"{base}/ipxe?mac=52-54-00-77-00-10&arch=i386&platform=pcbios")
         assert got.status == 200
-        assert booter.asked[-1].arch == 7 and booter.asked[-1].firmware is Firmware.EFI_X64
+        asked = booter.asked[-1]
+        assert asked.arch == 7 and asked.firmware is Firmware.EFI_X64 and asked.ipxe
         unknown = await curl(f"{base}/ipxe?mac={UNKNOWN_MAC}&arch=x86_64&platform=efi")
         assert unknown.status == 404
         script = unknown.body.decode()

@@ -227,8 +227,9 @@ class _Handlers:
                 ipxe=True,
                 ip=_client_ip(request),
             )
-        elif machine.firmware is Firmware.UNKNOWN:
-            machine = replace(machine, firmware=firmware, ipxe=True)
+        else:  # DHCP's option 93 is the better witness of the firmware; keep it when known
+            known = machine.firmware is not Firmware.UNKNOWN
+            machine = replace(machine, firmware=machine.firmware if known else firmware, ipxe=True)
         spec = self.booter.boot_spec(machine)
         if spec is None:
             log.info("iPXE script for %s: no boot configuration", mac)
