@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from pxeforge.boot.booter import StaticBooter
+from pxeforge.boot.booter import Booter, StaticBooter
 from pxeforge.boot.machine import normalize_mac
 from pxeforge.config import BootMethod, DhcpMode, Settings, load_toml, parse_pool
 from pxeforge.errors import ConfigError, StartupError
@@ -122,11 +122,9 @@ def check_settings(settings: Settings) -> Settings:
     return settings
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, booter: Booter) -> None:
     from pxeforge.servers.run import start_services
 
-    assert settings.kernel is not None
-    booter = StaticBooter(settings.kernel, settings.initrds, settings.cmdline)
     services = await start_services(settings, booter)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -201,7 +199,10 @@ async def _serve(settings: Settings) -> None:
 def serve(config: Path | None, **flags: Any) -> None:
     """Run DHCP, TFTP and HTTP boot services in one process."""
     settings = check_settings(build_settings(config, flags))
+    assert settings.kernel is not None
+    booter = StaticBooter(settings.kernel, settings.initrds, settings.cmdline)
+    booter.validate()
     try:
-        asyncio.run(_serve(settings))
+        asyncio.run(_serve(settings, booter))
     except KeyboardInterrupt:
         pass
