@@ -154,6 +154,17 @@ class ServerProc:
             line = self._readline(0.05)
         return self.events
 
+    def wait_event(self, outcome: str, timeout: float = 5.0) -> dict[str, Any]:
+        """Wait until the server reports a decision with this outcome; return it."""
+        deadline = time.monotonic() + timeout
+        seen = len(self.events)
+        while time.monotonic() < deadline:
+            self.poll_events(0.1)
+            for event in self.events[seen:]:
+                if event["outcome"] == outcome:
+                    return event
+        raise AssertionError(f"no {outcome!r} event within {timeout}s: {self.events[seen:]}")
+
     def stop(self) -> dict[str, Any]:
         assert self.proc is not None and self.proc.stdout is not None
         self.proc.send_signal(signal.SIGTERM)
