@@ -1,0 +1,644 @@
+"""One lab run: network, capture, ``pxeforge serve``, VMs, a verdict, and a clean teardown.
+
+Theory of operation
+-------------------
+`Lab` owns everything a run starts and tears it all down in `close` — VMs (QMP ``quit``, then
+signals), the server, tcpdump (each by PID, each waited for), then the namespace — also when a
+step fails or the user presses Ctrl-C. Nothing is left but the work directory (logs, serial
+consoles, the pcap), unless ``keep`` asks to leave the lab up for exploration.
+
+`Lab.start` builds the guest (`pxeforge.lab.guest`), fills the boot root with loaders,
+creates the namespace (`pxeforge.lab.netns`), starts the capture on the bridge and then
+``ip netns exec NS pxeforge serve --interface <bridge> --dhcp full …`` — the real product, as a
+user would run it — and waits until its sockets are bound (read from ``/proc/<pid>/net``,
+which shows the server's namespace).
+
+`Lab.boot` starts the VMs and watches three sources until every VM has a verdict: the growing
+pcap (DHCP, TFTP, HTTP events, see `pxeforge.lab.capture`), each serial console (the guest
+prints markers), and the server's ``GET /_pxeforge/callbacks`` list, fetched through a socket
+opened inside the namespace. A VM passes only when a callback arrived with its MAC and with
+the run's unique token in the kernel command line — proof that the kernel pxeforge served ran
+with the parameters pxeforge set. Timings (DHCP ACK, kernel request, callback) are read from
+the capture, relative to the moment its QEMU started.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface
+from pathlib import Path
+from typing import Any
+
+from pxeforge.boot.booter import KERNEL_REF
+from pxeforge.config import BootMethod
+from pxeforge.errors import AssetError, StartupError
+from pxeforge.lab import guest as guest_mod
+from pxeforge.lab import netns, procs
+from pxeforge.lab.capture import (
+    CALLBACK_PATH,
+    Capture,
+    NetEvent,
+    PcapReader,
+    frame_events,
+    milestones,
+    read_events,
+)
+from pxeforge.lab.qemu import Vm, VmFiles, VmFirmware, VmSpec, probe_kvm, vm_mac
+
+__all__ = [
+    "CALLBACKS_PATH",
+    "Lab",
+    "LabConfig",
+    "LabResult",
+    "Reporter",
+    "VmResult",
+    "boot_path_name",
+    "clean_console",
+    "fetch_callbacks",
+    "prepare_root",
+    "run_lab",
+]
+
+CALLBACKS_PATH = "/_pxeforge/callbacks"
+Reporter = Callable[[str], None]
+
+_POLL_INTERVAL = 0.2  # seconds between looks at the pcap and the serial logs
+_CALLBACK_POLL = 1.0  # seconds between GET /_pxeforge/callbacks
+_EXIT_GRACE = 2.0  # after QEMU exits, how long a late callback may still count
+
+
+def boot_path_name(firmware: VmFirmware, method: BootMethod) -> str:
+    """A human name of the chain a VM walks for this firmware and boot method."""
+    return {
+        (VmFirmware.BIOS, BootMethod.PXELINUX): (
+            "BIOS iPXE ROM → pxelinux.0 (TFTP) → pxelinux.cfg → kernel+initrd over TFTP"
+        ),
+        (VmFirmware.BIOS, BootMethod.IPXE): "BIOS iPXE ROM → iPXE script over HTTP",
+        (VmFirmware.UEFI, BootMethod.PXELINUX): (
+            "UEFI OVMF → shim (bootx64.efi) → GRUB (grubx64.efi) → kernel+initrd over TFTP"
+        ),
+        (VmFirmware.UEFI, BootMethod.IPXE): "UEFI OVMF → snponly.efi → iPXE script over HTTP",
+    }[(firmware, method)]
+
+
+@dataclass(frozen=True, slots=True)
+class LabConfig:
+    """What to boot and how; every lab default lives here."""
+
+    firmware: VmFirmware = VmFirmware.BIOS
+    boot_method: BootMethod = BootMethod.PXELINUX
+    vms: int = 1
+    timeout: float = 240.0  # seconds, from the first VM start to the last verdict
+    workdir: Path | None = None  # default: a new /tmp/pxeforge-lab-* directory
+    cache_dir: Path | None = None  # default: guest.default_cache_dir()
+    keep: bool = False  # leave the lab running for exploration
+    accel: str = "auto"  # "auto" (probe KVM once), "kvm" or "tcg"
+    cmdline: str = ""  # extra kernel parameters
+    token: str | None = None  # default: random; must appear in the guest's /proc/cmdline
+    address: IPv4Interface = IPv4Interface("10.213.0.1/24")
+    http_port: int = 8080
+    memory_mb: int = 512
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.vms <= 32:
+            raise ValueError(f"--vms must be 1-32, not {self.vms}")
+        if self.timeout <= 0:
+            raise ValueError("--timeout must be positive")
+        if self.accel not in ("auto", "kvm", "tcg"):
+            raise ValueError(f"accel must be auto, kvm or tcg, not {self.accel!r}")
+        if self.address.network.num_addresses < 256:
+            raise ValueError(f"the lab wants at least a /24, not {self.address.network}")
+
+    @property
+    def pool(self) -> tuple[IPv4Address, IPv4Address]:
+        base = self.address.network.network_address
+        return base + 100, base + 199
+
+
+@dataclass(frozen=True, slots=True)
+class VmResult:
+    name: str
+    mac: str
+    ok: bool
+    reason: str  # why it failed, or "" when it passed
+    dhcp_ack: float | None  # seconds from QEMU start, from the capture
+    kernel: float | None
+    callback: float | None
+    callback_body: dict[str, Any] | None
+    serial_log: Path
+
+
+@dataclass(frozen=True, slots=True)
+class LabResult:
+    firmware: VmFirmware
+    boot_method: BootMethod
+    path: str  # boot_path_name()
+    namespace: str
+    token: str
+    workdir: Path
+    pcap: Path  # the capture of the whole run (kept)
+    server_log: Path
+    vms: tuple[VmResult, ...]
+    accel: str
+    events: tuple[NetEvent, ...] = field(default=(), repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.vms) and all(v.ok for v in self.vms)
+
+
+_ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[()][0-9A-Za-z]|[@-~])")
+_CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def clean_console(text: str) -> list[str]:
+    """Serial output → readable lines: escape sequences and control characters removed, a
+    carriage return keeps what was drawn last, blank lines dropped."""
+    out = []
+    for raw in text.split("\n"):
+        line = _ANSI.sub("", raw)
+        parts = [p for p in line.split("\r") if p.strip()]
+        line = _CTRL.sub("", parts[-1] if parts else "").rstrip()
+        if line.strip():
+            out.append(line)
+    return out
+
+
+def fetch_callbacks(ns: str, host: str, port: int, timeout: float = 3.0) -> list[dict[str, Any]]:
+    """``GET /_pxeforge/callbacks`` from the server inside namespace ``ns``."""
+
+    def get() -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        try:
+            conn.request("GET", CALLBACKS_PATH)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    status, body = netns.netns_call(ns, get)
+    if status != 200:
+        raise StartupError(f"GET {CALLBACKS_PATH} answered HTTP {status}")
+    data = json.loads(body)
+    if not isinstance(data, list):
+        raise StartupError(f"GET {CALLBACKS_PATH} did not return a JSON list")
+    return [item for item in data if isinstance(item, dict)]
+
+
+# Loaders a boot root needs, until `pxeforge assets fetch` provides them.
+_HOST_LOADERS = {
+    "pxelinux.0": Path("/usr/lib/PXELINUX/pxelinux.0"),
+    "ldlinux.c32": Path("/usr/lib/syslinux/modules/bios/ldlinux.c32"),
+}
+_DEB_LOADERS = {
+    "shim-signed": {"usr/lib/shim/shimx64.efi.signed": "bootx64.efi"},
+    "grub-efi-amd64-signed": {
+        "usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed": "grubx64.efi"
+    },
+    "ipxe": {
+        "usr/lib/ipxe/undionly.kpxe": "undionly.kpxe",
+        "usr/lib/ipxe/snponly.efi": "snponly.efi",
+    },
+}
+
+
+def prepare_root(cache_dir: Path, log: Reporter = lambda _m: None) -> Path:
+    """A boot root holding every loader the four lab paths need (cached)."""
+    root = cache_dir / "root"
+    names = {*_HOST_LOADERS, *(n for m in _DEB_LOADERS.values() for n in m.values())}
+    if all((root / n).is_file() for n in names):
+        return root
+    log(f"preparing the boot root {root} (once)")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".root-"))
+    try:
+        for name, src in _HOST_LOADERS.items():
+            if not src.is_file():
+                raise AssetError(f"{src} missing (apt-get install pxelinux syslinux-common)")
+            shutil.copyfile(src, tmp / name)
+        for package, files in _DEB_LOADERS.items():
+            deb = guest_mod.apt_download(package, cache_dir / "debs")
+            members = guest_mod._deb_members(deb, files.__contains__)
+            for member, name in files.items():
+                if member not in members:
+                    raise AssetError(f"{deb.name} has no {member}")
+                (tmp / name).write_bytes(members[member])
+        shutil.rmtree(root, ignore_errors=True)
+        os.rename(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _listening_ports(pid: int) -> tuple[set[int], set[int]]:
+    """(TCP ports in LISTEN, bound UDP ports) in the network namespace of ``pid``."""
+    result: list[set[int]] = []
+    for table, want_state in (("tcp", "0A"), ("udp", None)):
+        ports: set[int] = set()
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            lines = []
+        for line in lines:
+            cols = line.split()
+            if len(cols) > 3 and (want_state is None or cols[3] == want_state):
+                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+        result.append(ports)
+    return result[0], result[1]
+
+
+@contextmanager
+def _no_interrupts() -> Iterator[None]:
+    """Hold off SIGINT while tearing down (a second Ctrl-C must not leave a half-cleaned lab)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@dataclass
+class _Watch:
+    """What the watch loop knows about one VM."""
+
+    vm: Vm
+    serial_pos: int = 0
+    serial_tail: str = ""
+    verdict: tuple[bool, str] | None = None
+    callback: dict[str, Any] | None = None
+    exited_at: float | None = None
+    marker_failed: str = ""
+
+
+class Lab:
+    """A lab run; use as a context manager (``with Lab(cfg) as lab: lab.boot()``)."""
+
+    def __init__(self, config: LabConfig, report: Reporter = lambda _m: None) -> None:
+        self.config = config
+        self.report = report
+        self.name = netns.unique_name()
+        self.token = config.token or secrets.token_hex(6)
+        self.workdir = config.workdir or Path(tempfile.mkdtemp(prefix="pxeforge-lab-"))
+        self.cache_dir = config.cache_dir or guest_mod.default_cache_dir()
+        self.net = netns.LabNetwork(
+            self.name, taps=tuple(f"tap{i}" for i in range(config.vms)), address=config.address
+        )
+        self.pcap = self.workdir / "lab.pcap"
+        self.server_log = self.workdir / "server.log"
+        self.capture = Capture(self.name, self.net.bridge, self.pcap, self.workdir / "tcpdump.log")
+        self.server: Any = None  # subprocess.Popen[bytes]
+        self.vms: list[Vm] = []
+        self.guest: guest_mod.Guest | None = None
+        self.root: Path | None = None
+        self.accel = config.accel
+        self._created = False
+
+    # ----------------------------------------------------------------------------- set-up
+
+    @property
+    def server_ip(self) -> str:
+        return str(self.config.address.ip)
+
+    @property
+    def callback_url(self) -> str:
+        return f"http://{self.server_ip}:{self.config.http_port}{CALLBACK_PATH}"
+
+    def kernel_cmdline(self) -> str:
+        parts = [
+            "console=ttyS0,115200",
+            "quiet",
+            "panic=-1",
+            f"pxelab.token={self.token}",
+            f"pxelab.callback={self.callback_url}",
+        ]
+        if self.config.cmdline:
+            parts.append(self.config.cmdline)
+        return " ".join(parts)
+
+    def server_argv(self) -> list[str]:
+        """``pxeforge serve`` as a user would run it, inside the namespace."""
+        assert self.guest is not None and self.root is not None
+        first, last = self.config.pool
+        return netns.ns_exec(
+            self.name,
+            [sys.executable, "-m", "pxeforge.cli.main", "-v", "serve"]
+            + ["--interface", self.net.bridge, "--address", self.server_ip]
+            + ["--dhcp", "full", "--pool", f"{first}-{last}", "--all-clients"]
+            + ["--http-port", str(self.config.http_port)]
+            + ["--root", str(self.root), "--data-dir", str(self.workdir / "data")]
+            + ["--kernel", str(self.guest.kernel), "--initrd", str(self.guest.initrd)]
+            + ["--cmdline", self.kernel_cmdline()]
+            + ["--boot-method", self.config.boot_method.value],
+        )
+
+    def _say(self, source: str, text: str, t: float | None = None, who: str = "lab") -> None:
+        stamp = f"{t:6.1f}s" if t is not None else " " * 7
+        self.report(f"{stamp} {who:<4} {source:<6} {text}")
+
+    def start(self) -> None:
+        """Guest, boot root, namespace, capture, server — in that order."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.guest = guest_mod.build_guest(self.cache_dir, log=lambda m: self._say("setup", m))
+        self.root = prepare_root(self.cache_dir, log=lambda m: self._say("setup", m))
+        if self.accel == "auto":
+            self.accel = "kvm" if probe_kvm() else "tcg"
+        netns.create(self.net)
+        self._created = True
+        self._say("setup", f"namespace {self.name}: {self.net.bridge} {self.config.address}")
+        self.capture.start()
+        self._start_server()
+
+    def _start_server(self, timeout: float = 20.0) -> None:
+        self.server = procs.start(self.server_argv(), self.server_log, what="pxeforge serve")
+        want_udp = {67, 69}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.server.poll() is not None:
+                raise StartupError(
+                    f"lab: pxeforge serve exited ({self.server.returncode}):\n"
+                    + procs.tail(self.server_log, 15)
+                )
+            tcp, udp = _listening_ports(self.server.pid)
+            if self.config.http_port in tcp and want_udp <= udp:
+                self._say("setup", f"pxeforge serve (pid {self.server.pid}) ready")
+                return
+            time.sleep(0.1)
+        raise StartupError(
+            f"lab: pxeforge serve did not bind HTTP {self.config.http_port}, DHCP 67 and TFTP "
+            f"69 within {timeout:.0f} s:\n" + procs.tail(self.server_log, 15)
+        )
+
+    # ----------------------------------------------------------------------------- boot
+
+    def _make_vms(self) -> None:
+        fw = self.config.firmware
+        for i in range(self.config.vms):
+            name = f"vm{i}"
+            spec = VmSpec(
+                name=name,
+                mac=vm_mac(i, fw),
+                tap=self.net.taps[i],
+                firmware=fw,
+                memory_mb=self.config.memory_mb,
+                accel=self.accel,
+            )
+            self.vms.append(Vm(spec, VmFiles.in_dir(self.workdir, name), self.name))
+
+    def boot(self) -> LabResult:
+        """Start the VMs and watch them until each has a verdict (or the timeout)."""
+        if self.server is None:
+            raise StartupError("lab: start() first")
+        self._make_vms()
+        path = boot_path_name(self.config.firmware, self.config.boot_method)
+        self._say("lab", f"{path}; {len(self.vms)} VM(s), {self.accel}, token {self.token}")
+        watches = {vm.spec.mac: _Watch(vm) for vm in self.vms}
+        for vm in self.vms:
+            vm.start()
+            self._say("qemu", f"started (pid {vm.pid}, mac {vm.spec.mac})", 0.0, vm.spec.name)
+        self._watch(watches)
+        for w in watches.values():  # a guest that called back powers itself off
+            if w.verdict is not None and w.verdict[0] and w.vm.proc is not None:
+                try:
+                    w.vm.proc.wait(timeout=5.0)
+                except subprocess.TimeoutExpired:  # still running: stopped below
+                    pass
+        if not self.config.keep:
+            for vm in self.vms:
+                vm.stop()
+        for w in watches.values():  # the console's last words (power down, panic)
+            if w.exited_at is None and w.vm.exited() is not None:
+                w.exited_at = time.monotonic()
+            self._read_serial(w)
+        return self._result(watches, path)
+
+    def _watch(self, watches: dict[str, _Watch]) -> None:
+        reader = PcapReader()
+        pcap_pos = 0
+        deadline = time.monotonic() + self.config.timeout
+        next_poll = 0.0
+        while True:
+            now = time.monotonic()
+            # 1. the capture
+            try:
+                with open(self.pcap, "rb") as f:
+                    f.seek(pcap_pos)
+                    chunk = f.read()
+            except OSError:
+                chunk = b""
+            pcap_pos += len(chunk)
+            for ts, frame in reader.feed(chunk):
+                for ev in frame_events(
+                    ts,
+                    frame,
+                    http_port=self.config.http_port,
+                    server_mac=self.net.bridge_mac,
+                ):
+                    w = watches.get(ev.mac)
+                    if w is None:
+                        continue
+                    self._say(
+                        "net", ev.text, ev.time - (w.vm.started_at or ev.time), w.vm.spec.name
+                    )
+                    if ev.name == "POST" and ev.path.startswith(CALLBACK_PATH):
+                        next_poll = 0.0
+            # 2. the serial consoles and QEMU itself
+            for w in watches.values():
+                self._read_serial(w)
+                if w.exited_at is None and w.vm.exited() is not None:
+                    w.exited_at = now
+                    self._say("qemu", f"exited ({w.vm.exited()})", self._t(w), w.vm.spec.name)
+                    next_poll = 0.0
+            # 3. the server's callback list
+            if now >= next_poll:
+                next_poll = now + _CALLBACK_POLL
+                self._poll_callbacks(watches)
+            # 4. verdicts
+            server_dead = self.server.poll() is not None
+            for w in watches.values():
+                if w.verdict is not None:
+                    continue
+                if w.callback is not None:
+                    w.verdict = self._judge(w)
+                    ok, why = w.verdict
+                    self._say(
+                        "lab",
+                        "callback OK: kernel ran with our command line" if ok else why,
+                        self._t(w),
+                        w.vm.spec.name,
+                    )
+                elif server_dead:
+                    w.verdict = (False, f"pxeforge serve died ({self.server.returncode})")
+                elif w.marker_failed:
+                    w.verdict = (False, f"guest: {w.marker_failed}")
+                elif w.exited_at is not None and now - w.exited_at > _EXIT_GRACE:
+                    w.verdict = (False, f"QEMU exited ({w.vm.exited()}) without a callback")
+                elif now > deadline:
+                    w.verdict = (False, f"no callback within {self.config.timeout:.0f} s")
+            if all(w.verdict is not None for w in watches.values()):
+                return
+            time.sleep(_POLL_INTERVAL)
+
+    @staticmethod
+    def _t(w: _Watch) -> float:
+        return time.time() - (w.vm.started_at or time.time())
+
+    def _read_serial(self, w: _Watch) -> None:
+        try:
+            with open(w.vm.files.serial_log, "rb") as f:
+                f.seek(w.serial_pos)
+                chunk = f.read()
+        except OSError:
+            return
+        w.serial_pos += len(chunk)
+        text = w.serial_tail + chunk.decode("utf-8", "replace")
+        if w.exited_at is not None:  # nothing more will come: flush the partial line too
+            text += "\n"
+        complete, _, w.serial_tail = text.rpartition("\n")
+        for line in clean_console(complete):
+            self._say("serial", line, self._t(w), w.vm.spec.name)
+            if guest_mod.CALLBACK_FAILED_MARKER in line:
+                w.marker_failed = line.split(guest_mod.CALLBACK_FAILED_MARKER, 1)[1].strip()
+
+    def _poll_callbacks(self, watches: dict[str, _Watch]) -> None:
+        try:
+            callbacks = fetch_callbacks(self.name, self.server_ip, self.config.http_port)
+        except (OSError, StartupError, ValueError) as exc:
+            self._say("lab", f"GET {CALLBACKS_PATH}: {exc}")
+            return
+        for body in callbacks:
+            mac = str(body.get("mac", "")).lower()
+            w = watches.get(mac)
+            if w is not None and w.callback is None:
+                w.callback = body
+
+    def _judge(self, w: _Watch) -> tuple[bool, str]:
+        body = w.callback or {}
+        cmdline = str(body.get("cmdline", ""))
+        if f"pxelab.token={self.token}" not in cmdline.split():
+            return False, f"callback's cmdline lacks pxelab.token={self.token}: {cmdline!r}"
+        return True, ""
+
+    def _result(self, watches: dict[str, _Watch], path: str) -> LabResult:
+        try:
+            events = read_events(
+                self.pcap, http_port=self.config.http_port, server_mac=self.net.bridge_mac
+            )
+        except (OSError, ValueError):
+            events = []
+        assert self.guest is not None
+        kernel_names = {KERNEL_REF, self.guest.kernel.name}
+        results = []
+        for w in watches.values():
+            m = milestones(events, w.vm.spec.mac, kernel_names)
+            t0 = w.vm.started_at or 0.0
+            ok, why = w.verdict or (False, "not watched")
+            results.append(
+                VmResult(
+                    name=w.vm.spec.name,
+                    mac=w.vm.spec.mac,
+                    ok=ok,
+                    reason=why,
+                    dhcp_ack=None if m.dhcp_ack is None else m.dhcp_ack - t0,
+                    kernel=None if m.kernel is None else m.kernel - t0,
+                    callback=None if m.callback is None else m.callback - t0,
+                    callback_body=w.callback,
+                    serial_log=w.vm.files.serial_log,
+                )
+            )
+        return LabResult(
+            firmware=self.config.firmware,
+            boot_method=self.config.boot_method,
+            path=path,
+            namespace=self.name,
+            token=self.token,
+            workdir=self.workdir,
+            pcap=self.pcap,
+            server_log=self.server_log,
+            vms=tuple(results),
+            accel=self.accel,
+            events=tuple(events),
+        )
+
+    # ----------------------------------------------------------------------------- teardown
+
+    def close(self) -> None:
+        """Stop VMs, server and capture by PID (each waited for), then delete the namespace."""
+        with _no_interrupts():
+            for vm in self.vms:
+                vm.stop()
+            if self.server is not None:
+                procs.stop(self.server, grace=5.0)
+            self.capture.stop()
+            if self._created:
+                netns.delete(self.net)
+                self._created = False
+
+    def keep_notes(self) -> str:
+        """How to reach a kept lab, and a teardown script written to the work directory."""
+        pids = [p.proc.pid for p in self.vms if p.proc is not None and p.exited() is None]
+        if self.server is not None:
+            pids.append(self.server.pid)
+        if self.capture.proc is not None:
+            pids.append(self.capture.proc.pid)
+        script = self.workdir / "teardown.sh"
+        script.write_text(
+            "#!/bin/sh\n# stop what `pxeforge lab --keep` left running, then remove its namespace\n"
+            + "".join(f"kill {pid} 2>/dev/null\n" for pid in pids)
+            + f"sleep 2\nip netns del {self.name}\n"
+        )
+        script.chmod(0o755)
+        lines = [
+            f"lab kept running in namespace {self.name} (work directory {self.workdir}):",
+            f"  shell in it:   ip netns exec {self.name} bash",
+            f"  server:        pid {self.server.pid if self.server else '-'}, "
+            f"http://{self.server_ip}:{self.config.http_port}, log {self.server_log}",
+            f"  capture:       {self.pcap} (tcpdump -r {self.pcap})",
+            f"  callbacks:     ip netns exec {self.name} curl -s "
+            f"http://{self.server_ip}:{self.config.http_port}{CALLBACKS_PATH}",
+        ]
+        for vm in self.vms:
+            state = f"pid {vm.pid}" if vm.exited() is None else "powered off"
+            lines.append(
+                f"  {vm.spec.name}:           {state}; serial {vm.files.serial_log}; "
+                f"QMP {vm.files.qmp_socket}"
+            )
+            lines.append(f"    boot again:  {' '.join(vm.argv())}")
+        lines.append(f"  tear down:     sh {script}")
+        return "\n".join(lines)
+
+    def __enter__(self) -> Lab:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self.config.keep and exc_type is None:
+            self.report(self.keep_notes())
+            return
+        self.close()
+
+
+def run_lab(config: LabConfig, report: Reporter = lambda _m: None) -> LabResult:
+    """Set up, boot, judge and tear down (unless ``config.keep``): one call."""
+    with Lab(config, report) as lab:
+        return lab.boot()
