@@ -326,6 +326,10 @@ def _read_record(cur: _Cursor, max_entry: int) -> tuple[Format, Entry]:
         )
     if head == _MAGIC_ODC:
         return Format.ODC, _read_odc(cur, max_entry)
+    if head == b"07070X":
+        raise AssetError(
+            "rpm large-file payload (stripped cpio, 07070X headers) is not supported by pxeforge"
+        )
     raise AssetError(f"not a cpio header at offset {pos}: {head!r}")
 
 
