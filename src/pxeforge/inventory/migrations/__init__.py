@@ -1,0 +1,1 @@
+"""Alembic migrations of the inventory schema (applied by `pxeforge.inventory.db.upgrade`)."""
