@@ -1,0 +1,99 @@
+"""Fixtures for the lab: skip reasons, and boots whose captures stay available.
+
+``lab_captures(firmware, method, vms=1)`` boots that path once per test session (in a
+session temporary directory) and returns the `LabResult`; later calls with the same arguments
+get the same result, so tests that only read a boot's capture (``result.pcap``, e.g. the
+``pxeforge trace`` tests) cost nothing extra. ``lab_boot(firmware, method, …)`` always boots
+afresh into the test's own ``tmp_path``. Both tear the lab down before returning (namespace
+deleted, QEMU, server and tcpdump stopped by PID) — `pxeforge.lab.run.Lab` does that in a
+``finally`` — and print the live progress, which pytest shows when a test fails.
+
+Tests marked ``lab`` are skipped, with the reason, when not root or when /dev/net/tun, QEMU,
+ip or tcpdump is missing; nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pxeforge.config import BootMethod
+from pxeforge.lab import netns
+from pxeforge.lab.qemu import QEMU, VmFirmware
+from pxeforge.lab.run import LabConfig, LabResult, run_lab
+
+LabBoot = Callable[..., LabResult]
+
+#: Seconds a single boot may take before it counts as failed (TCG boots take 25-50 s).
+BOOT_TIMEOUT = 150.0
+
+
+def lab_skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "lab tests need root (network namespaces, taps)"
+    if not Path("/dev/net/tun").exists():
+        return "lab tests need /dev/net/tun (modprobe tun)"
+    for tool, package in ((QEMU, "qemu-system-x86"), ("ip", "iproute2"), ("tcpdump", "tcpdump")):
+        if shutil.which(tool) is None:
+            return f"lab tests need {tool} (apt-get install {package})"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _lab_requirements(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("lab") is not None:
+        reason = lab_skip_reason()
+        if reason is not None:
+            pytest.skip(reason)
+
+
+def _boot(
+    workdir: Path, firmware: VmFirmware, method: BootMethod, *, vms: int = 1, cmdline: str = ""
+) -> LabResult:
+    config = LabConfig(
+        firmware=firmware,
+        boot_method=method,
+        vms=vms,
+        timeout=BOOT_TIMEOUT,
+        workdir=workdir,
+        cmdline=cmdline,
+    )
+    result = run_lab(config, report=print)
+    assert not netns.exists(result.namespace), f"the lab left {result.namespace} behind"
+    return result
+
+
+@pytest.fixture
+def lab_boot(tmp_path: Path) -> LabBoot:
+    """Boot afresh: ``lab_boot(VmFirmware.BIOS, BootMethod.IPXE, vms=1, cmdline="")``."""
+    counter = iter(range(1000))
+
+    def boot(
+        firmware: VmFirmware, method: BootMethod, *, vms: int = 1, cmdline: str = ""
+    ) -> LabResult:
+        workdir = tmp_path / f"lab-{firmware.value}-{method.value}-{next(counter)}"
+        return _boot(workdir, firmware, method, vms=vms, cmdline=cmdline)
+
+    return boot
+
+
+@pytest.fixture(scope="session")
+def lab_captures(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabBoot]:
+    """One boot per (firmware, method, vms) per session; the result (and its pcap) is shared."""
+    done: dict[tuple[VmFirmware, BootMethod, int], LabResult] = {}
+
+    def boot(firmware: VmFirmware, method: BootMethod, *, vms: int = 1) -> LabResult:
+        key = (firmware, method, vms)
+        if key not in done:
+            reason = lab_skip_reason()
+            if reason is not None:
+                pytest.skip(reason)
+            workdir = tmp_path_factory.mktemp(f"lab-{firmware.value}-{method.value}-{vms}")
+            done[key] = _boot(workdir, firmware, method, vms=vms)
+        return done[key]
+
+    yield boot
