@@ -14,7 +14,9 @@ drive whole transfers with a fake clock (the aioquic shape).
 Option negotiation (RFC 2347) happens in the constructor: ``blksize`` (RFC 2348, 8–65464,
 clamped to ``TransferConfig.max_blksize``), ``tsize`` (RFC 2349, answered with the real size),
 ``timeout`` (RFC 2349, 1–255 s, echoed unchanged, used as our first retransmit delay) and
-``windowsize`` (RFC 7440, clamped to ``TransferConfig.max_windowsize``). Out-of-range values are
+``windowsize`` (RFC 7440, clamped to ``TransferConfig.max_windowsize`` and to
+``window_bytes`` of payload, so a window fits a default client socket buffer: peers.md, atftpd
+stalls at blksize 8192 × windowsize 16 against a 208 KiB buffer). Out-of-range values are
 ignored, unknown options are not echoed, and when nothing is accepted there is no OACK: DATA 1
 goes out at once, as in plain RFC 1350.
 
@@ -27,13 +29,14 @@ A duplicate or stale ACK never triggers a send: only the retransmit timer does (
 Sorcerer's Apprentice fix). The timer starts at ``timeout`` and backs off exponentially up to
 ``max_timeout``; after ``retries`` expirations without progress the transfer is given up.
 
-Pacing. A window is sent in bursts of at most ``burst_bytes`` (but at least one block), the
-next burst ``pace`` seconds later, so a client with a small socket buffer is not flooded (peers.md:
-atftpd stalls at blksize 8192 × windowsize 16 against a 208 KiB receive buffer). A loss — a
-timeout, or a partial-window ACK — halves the burst and caps its later growth just below the size
-that lost; each clean window grows it back by one block. The negotiated window itself never
-shrinks: clients such as EDK2's Mtftp4 acknowledge only after ``windowsize`` blocks, so a
-smaller window would cost them a timeout per window.
+Losses in a window. A window normally goes out in one burst. When its last block's ACK is late
+(4 × the measured round trip, at least 2 ms) that block is sent once more — a tail-loss probe:
+a client that lost the tail sees it out of order and answers at once with a partial-window ACK
+(RFC 7440 §4; EDK2's Mtftp4 and atftp do), so a lost tail costs a round trip, not a timeout. A
+loss — a partial-window ACK or a timeout — halves the burst and caps its growth just below the
+size that lost; the rest of the window follows in bursts ``pace`` seconds apart, and each clean
+window grows the burst by one block (after 64 clean windows the cap rises again). The window
+itself never shrinks mid-transfer: clients such as EDK2 ACK only after ``windowsize`` blocks.
 
 Ending. The ACK of the last block completes the transfer. An ERROR from the client ends it
 quietly; right after the OACK this is the normal tsize probe of OVMF (``RRQ … tsize=0
@@ -138,8 +141,12 @@ HEADER_SIZE = 4  # opcode + block number / error code
 MAX_UDP_PAYLOAD = 65507  # IPv4: 65535 - 20 (IP header) - 8 (UDP header)
 _MAX_DIGITS = 20  # longest decimal option value we take seriously
 _MAX_OPTION_TEXT = 255  # longest option name or value we accept
+_READ_AHEAD = 64 * 1024  # bytes read from the file at once (at least a whole burst)
+_MIN_PROBE = 0.002  # seconds: earliest tail-loss probe after a window (4 × RTT otherwise)
+_RELAX = 64  # clean windows at a lowered burst ceiling before it may grow by one block
 
 _HEADER = struct.Struct("!HH")
+_pack_header = _HEADER.pack
 _OPCODE = struct.Struct("!H")
 _NUMERIC_OPTIONS = frozenset(OptionName)
 
@@ -341,8 +348,10 @@ class TransferConfig:
     max_timeout: float = 8.0  # … up to this
     max_blksize: int = MAX_BLKSIZE  # largest blksize granted
     max_windowsize: int = 64  # largest windowsize granted
-    burst_bytes: int = 128 * 1024  # send a window in bursts of at most this many payload bytes
-    pace: float = 0.001  # seconds between bursts of one window
+    # A granted window carries at most this many payload bytes (but at least one block), so it
+    # fits a client's default 208 KiB socket buffer (datagrams cost ~2x their size there).
+    window_bytes: int = 64 * 1024
+    pace: float = 0.001  # seconds between the bursts of a window, once a loss split it
 
     def __post_init__(self) -> None:
         if not (self.timeout > 0 and self.max_timeout >= self.timeout):
@@ -353,8 +362,8 @@ class TransferConfig:
             raise ConfigError(f"TFTP max blksize must be {MIN_BLKSIZE}..{MAX_BLKSIZE}")
         if not MIN_WINDOWSIZE <= self.max_windowsize <= MAX_WINDOWSIZE:
             raise ConfigError(f"TFTP max windowsize must be {MIN_WINDOWSIZE}..{MAX_WINDOWSIZE}")
-        if self.burst_bytes < 1 or self.pace < 0:
-            raise ConfigError("TFTP burst_bytes must be >= 1 and pace >= 0")
+        if self.window_bytes < 1 or self.pace < 0:
+            raise ConfigError("TFTP window_bytes must be >= 1 and pace >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,8 +401,12 @@ def negotiate(options: Mapping[str, str], size: int, config: TransferConfig) -> 
             timeout = float(number)
             oack[name] = str(number)  # echoed unchanged (EDK2 checks it equals its request)
         elif name == OptionName.WINDOWSIZE and number >= MIN_WINDOWSIZE:
-            windowsize = min(number, config.max_windowsize)
-            oack[name] = str(windowsize)
+            windowsize = number  # clamped below, once blksize is known
+            oack[name] = ""
+    if OptionName.WINDOWSIZE in oack:
+        by_bytes = max(1, config.window_bytes // blksize)
+        windowsize = min(windowsize, config.max_windowsize, by_bytes)
+        oack[OptionName.WINDOWSIZE] = str(windowsize)
     return Negotiated(blksize, windowsize, timeout, tsize, oack)
 
 
@@ -490,6 +503,7 @@ class TransferStats:
     blocks: int = 0  # DATA datagrams sent, retransmissions included
     retransmits: int = 0  # DATA and OACK datagrams sent again
     timeouts: int = 0  # retransmit timer expirations
+    probes: int = 0  # tail-loss probes sent (windowsize > 1)
     blksize: int = DEFAULT_BLKSIZE
     windowsize: int = 1
     tsize_requested: bool = False
@@ -534,24 +548,38 @@ class ReadTransfer:
         )
         self.outcome: Outcome | None = None
         self.client_error: ErrorPacket | None = None  # what the client said, if it ended it
+        self._size = size
         self._last = size // neg.blksize + 1  # the final (short, maybe empty) block
         self._final_len = size - (self._last - 1) * neg.blksize
+        # retransmission
         self._base_timeout = neg.timeout
         self._timeout = neg.timeout
         self._max_timeout = max(cfg.max_timeout, neg.timeout)
         self._retries = 0
-        self._base = 1  # first block not yet acknowledged
-        self._next = 1  # next block to send
-        self._high = 0  # highest block ever sent
-        self._window_end = min(1 + neg.windowsize, self._last + 1)  # one past the window
-        # burst: blocks sent back to back; ceiling: the most it may grow to again
-        self._burst = max(1, min(neg.windowsize, cfg.burst_bytes // neg.blksize))
-        self._ceiling = self._burst
-        self._clean = True  # no loss seen in the current window
         self._deadline: float | None = None  # retransmit timer
-        self._pace_at: float | None = None  # when the next burst may go (unsent blocks only)
+        # the window: blocks [_base, _window_end) are in flight, _next is the next to send
+        self._base = 1  # first block not yet acknowledged
+        self._next = 1
+        self._high = 0  # highest block ever sent
+        self._window_end = min(1 + neg.windowsize, self._last + 1)
+        # pacing: _burst blocks back to back, then the next burst `pace` later; a loss halves
+        # _burst and caps _ceiling below the size that lost
+        self._burst = neg.windowsize
+        self._ceiling = neg.windowsize
+        self._clean = True  # no loss signal in the current window
+        self._clean_windows = 0  # in a row, at the ceiling
+        self._pace = cfg.pace
+        self._pace_at: float | None = None  # when the next burst may go (while blocks unsent)
+        # tail-loss probe (windowsize > 1): resend the window's last block if its ACK is late
+        self._probe_at: float | None = None
+        self._srtt: float | None = None  # smoothed time from a window's last block to its ACK
+        self._sent_at = now  # when the last window (or the OACK) went out
+        self._resent = False  # the current window holds retransmissions (Karn: no RTT sample)
+        # output
         self._outbox: list[bytes] = []
         self._oack = b""
+        self._cache = memoryview(b"")  # file bytes read ahead, starting at offset _cache_at
+        self._cache_at = 0
         if neg.oack:
             self._state = _State.OACK
             self._oack = encode_oack(neg.oack)
@@ -573,16 +601,19 @@ class ReadTransfer:
             return None
         if self._pace_at is not None:
             return self._pace_at
+        probe = self._probe_at
+        if probe is not None and (self._deadline is None or probe < self._deadline):
+            return probe
         return self._deadline
 
     # -- inputs ---------------------------------------------------------------------------
 
     def receive_datagram(self, data: bytes, now: float) -> None:
         """A datagram from the client's TID. Raises `TftpError` if it does not decode."""
-        if self._state is _State.DONE:
-            return
-        if len(data) >= HEADER_SIZE and data[0] == 0 and data[1] == Opcode.ACK:
+        if len(data) >= 4 and data[1] == 4 and data[0] == 0:  # ACK, the hot path
             self._on_ack((data[2] << 8) | data[3], now)
+            return
+        if self._state is _State.DONE:
             return
         packet = parse_packet(data)
         if isinstance(packet, ErrorPacket):
@@ -592,8 +623,13 @@ class ReadTransfer:
         # Anything else (DATA, a request, OACK) has no meaning here and is ignored.
 
     def handle_timer(self, now: float) -> None:
-        """Retransmit if the timer has expired; calls before the deadline do nothing."""
-        if self._state is _State.DONE or self._deadline is None or now < self._deadline:
+        """Probe or retransmit if their time has come; an early call does nothing."""
+        if self._state is _State.DONE:
+            return
+        if self._deadline is None or now < self._deadline:
+            if self._probe_at is not None and now >= self._probe_at:
+                self._probe_at = None
+                self._probe()
             return
         self._retries += 1
         self.stats.timeouts += 1
@@ -604,12 +640,14 @@ class ReadTransfer:
         if self._state is _State.OACK:
             self._outbox.append(self._oack)
             self.stats.retransmits += 1
+            self._sent_at = now
             self._deadline = now + self._timeout
             return
         if self.windowsize > 1:
             self._lost()
         self._next = self._base  # go back to the first unacknowledged block
         self._deadline = None
+        self._probe_at = None
         self._pace_at = now
 
     def cancel(self, now: float) -> None:
@@ -637,81 +675,146 @@ class ReadTransfer:
     # -- internals ------------------------------------------------------------------------
 
     def _on_ack(self, block: int, now: float) -> None:
-        if self._state is _State.OACK:
-            if block == 0:  # RFC 2347: ACK 0 accepts the OACK
+        state = self._state
+        if state is not _State.DATA:
+            if state is _State.OACK and block == 0:  # RFC 2347: ACK 0 accepts the OACK
                 self._state = _State.DATA
+                if self.stats.retransmits == 0:
+                    self._srtt = now - self._sent_at
                 self._retries = 0
                 self._timeout = self._base_timeout
                 self._deadline = None
                 self._pace_at = now
             return
-        if self._state is not _State.DATA:
-            return
-        delta = (block - self._base + 1) & 0xFFFF
-        acked = self._base - 1 + delta
+        previous = self._base - 1
+        delta = (block - previous) & 0xFFFF
+        acked = previous + delta
         if delta == 0 or acked > self._high:
             return  # duplicate, stale or never sent: never answer it (Sorcerer's Apprentice)
         self._base = base = acked + 1
         self._retries = 0
         self._timeout = self._base_timeout
-        if acked >= self._last:
+        last = self._last
+        if acked >= last:
             self._finish(now, Outcome.COMPLETE)
             return
-        if self.windowsize > 1:
-            if acked + 1 < self._window_end:
-                self._lost()  # a partial-window ACK: the client missed acked + 1
-            elif self._clean and self._burst < self._ceiling:
-                self._burst += 1
+        windowsize = self.windowsize
+        if windowsize > 1:
+            self._probe_at = None
+            if base < self._window_end:
+                self._lost()  # a partial-window ACK: the client missed block `base`
+            else:
+                self._window_acked(now)
             self._clean = True
-        self._window_end = min(base + self.windowsize, self._last + 1)
+            self._resent = False
+        end = base + windowsize
+        self._window_end = end if end <= last else last + 1
         self._next = base
         self._deadline = None
         self._pace_at = now
+
+    def _window_acked(self, now: float) -> None:
+        """A whole window was acknowledged: learn the round trip, grow the burst."""
+        if not self._resent and self._next == self._window_end:
+            sample = now - self._sent_at
+            srtt = self._srtt
+            self._srtt = sample if srtt is None else srtt + (sample - srtt) / 8
+        if not self._clean:
+            return
+        if self._burst < self._ceiling:
+            self._burst += 1
+            self._clean_windows = 0
+        elif self._ceiling < self.windowsize:
+            # Every _RELAX clean windows at the ceiling, allow one more block: a single random
+            # loss must not slow the rest of a long transfer.
+            self._clean_windows += 1
+            if self._clean_windows >= _RELAX:
+                self._ceiling += 1
+                self._clean_windows = 0
 
     def _lost(self) -> None:
         if self._clean:  # one reduction per window, however many signals it gives
             self._ceiling = max(1, min(self._ceiling, self._burst - 1))
             self._burst = max(1, self._burst // 2)
             self._clean = False
+            self._clean_windows = 0
+
+    def _probe(self) -> None:
+        """Tail-loss probe: send the window's last block again. A client that got it ignores
+        it (or repeats its ACK); one that lost the tail answers with a partial-window ACK
+        (RFC 7440 §4, EDK2, atftp), so the loss costs a round trip, not a timeout."""
+        block = self._window_end - 1
+        if block < self._base or block > self._high:
+            return
+        start = (block - 1) * self.blksize
+        length = self.blksize if block < self._last else self._final_len
+        try:
+            payload = self._source.read_at(start, length)
+        except OSError:
+            return  # the retransmit timer will try again
+        self._outbox.append(_pack_header(Opcode.DATA, block & 0xFFFF) + payload)
+        self._resent = True
+        self.stats.retransmits += 1
+        self.stats.probes += 1
 
     def _send_burst(self, now: float, out: list[bytes]) -> None:
+        # The hot path: plain locals and conditionals, one read per _READ_AHEAD bytes.
         first = self._next
-        count = min(self._window_end - first, self._burst)
+        end = self._window_end  # one past the last block of this burst
+        if end - first > self._burst:
+            end = first + self._burst
         blksize = self.blksize
-        end = first + count  # one past the last block of this burst
-        want = (
-            (end - first) * blksize
-            if end <= self._last
-            else ((self._last - first) * blksize + self._final_len)
-        )
-        try:
-            chunk = self._source.read_at((first - 1) * blksize, want)
-        except OSError:
-            self._fail(now, Outcome.READ_ERROR, "Read error")
-            return
-        if len(chunk) != want:
-            self._fail(now, Outcome.READ_ERROR, "File changed during transfer")
-            return
-        view = memoryview(chunk)
-        pack = _HEADER.pack
-        append = out.append
-        offset = 0
-        for block in range(first, end):
-            append(pack(3, block & 0xFFFF) + view[offset : offset + blksize])
-            offset += blksize
+        last = self._last
+        if end <= last:
+            want = (end - first) * blksize
+        else:
+            want = (last - first) * blksize + self._final_len
+        start = (first - 1) * blksize
+        rel = start - self._cache_at
+        cache = self._cache
+        if rel < 0 or rel + want > len(cache):
+            length = self._size - start
+            if length > _READ_AHEAD and length > want:
+                length = want if want > _READ_AHEAD else _READ_AHEAD
+            try:
+                data = self._source.read_at(start, length)
+            except OSError:
+                self._fail(now, Outcome.READ_ERROR, "Read error")
+                return
+            if len(data) != length:
+                self._fail(now, Outcome.READ_ERROR, "File changed during transfer")
+                return
+            self._cache = cache = memoryview(data)
+            self._cache_at = start
+            rel = 0
+        if end - first == 1:
+            out.append(_pack_header(3, first & 0xFFFF) + cache[rel : rel + blksize])
+        else:
+            append = out.append
+            for block in range(first, end):
+                append(_pack_header(3, block & 0xFFFF) + cache[rel : rel + blksize])
+                rel += blksize
         stats = self.stats
-        stats.blocks += count
+        stats.blocks += end - first
         stats.bytes_sent += want
-        if first <= self._high:
-            stats.retransmits += min(self._high, end - 1) - first + 1
-        if end - 1 > self._high:
+        high = self._high
+        if first <= high:
+            stats.retransmits += (high if high < end else end - 1) - first + 1
+            self._resent = True
+        if end - 1 > high:
             self._high = end - 1
         self._next = end
         if end < self._window_end:
-            self._pace_at = now + self.config.pace
-        else:
-            self._pace_at = None
-            self._deadline = now + self._timeout
+            self._pace_at = now + self._pace
+            return
+        self._pace_at = None
+        self._deadline = now + self._timeout
+        if self.windowsize > 1:
+            self._sent_at = now
+            srtt = self._srtt
+            delay = _MIN_PROBE if srtt is None or 4 * srtt < _MIN_PROBE else 4 * srtt
+            if delay < self._timeout / 2:
+                self._probe_at = now + delay
 
     def _fail(self, now: float, outcome: Outcome, message: str) -> None:
         self._outbox.append(encode_error(ErrorCode.NOT_DEFINED, message))
@@ -723,3 +826,4 @@ class ReadTransfer:
         self.stats.finished = now
         self._deadline = None
         self._pace_at = None
+        self._probe_at = None

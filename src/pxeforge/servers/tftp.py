@@ -1,0 +1,446 @@
+"""The TFTP server: a listener for requests and one socket per transfer (asyncio glue).
+
+Theory of operation
+-------------------
+`start_tftp` binds the listener on (host, port). Each datagram there is parsed with
+`protocols.tftp.parse_packet`:
+
+* an RRQ opens the file through the `FileSource` (``files.open(name, client_ip)``, run
+  inline: it is fast). `FileNotFound` is answered at once with ERROR 1 "File not found" (the
+  pxelinux config search depends on fast misses), `AccessViolation` with ERROR 2. Messages are
+  fixed strings: a server path never reaches the wire (dnsmasq and fbtftp leak theirs).
+  Otherwise a fresh UDP socket is bound to the same host on an ephemeral port — the transfer
+  ID of RFC 1350 §4 — and a `ReadTransfer` runs on it. A retransmitted RRQ from a client whose
+  transfer is already running is ignored: that transfer's own timer answers it.
+* a WRQ gets ERROR 2 (this server is read-only); a malformed request gets ERROR with the code
+  the parser chose; anything else is dropped. Every malformed datagram is counted in
+  ``stats.dropped`` and logged with the client address; the listener keeps serving.
+
+A transfer socket is read with ``loop.add_reader`` (up to `_BURST` datagrams per wake-up).
+Datagrams from the client go to `ReadTransfer.receive_datagram`; any other source gets ERROR 5
+"Unknown transfer ID" and is otherwise ignored (RFC 1350 §4). After every input the transfer's
+datagrams are sent and its timer re-armed with ``loop.call_at`` — lazily: an armed timer that
+would fire too early is kept and simply re-armed when it fires, so the lock-step hot path does
+not create a timer handle per block. When the transfer is done its socket and file are closed
+and a `TftpEvent` is emitted (cheap frozen records, for the per-node timeline).
+
+Transfer sockets ask for 4 MiB send and receive buffers (the kernel caps them at
+``net.core.wmem_max`` / ``rmem_max``), so a whole window is queued without EAGAIN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from pxeforge.boot.files import BootFile, FileSource
+from pxeforge.errors import AccessViolation, BootFileError, FileNotFound, TftpError
+from pxeforge.protocols.tftp import (
+    ErrorCode,
+    Outcome,
+    ReadRequest,
+    ReadTransfer,
+    TransferConfig,
+    WriteRequest,
+    encode_error,
+    parse_packet,
+)
+
+__all__ = ["EventKind", "TftpEvent", "TftpServer", "TftpStats", "start_tftp"]
+
+log = logging.getLogger(__name__)
+
+_BURST = 64  # datagrams read per wake-up, so one busy socket cannot starve the others
+_BUFFER = 4 << 20  # SO_SNDBUF / SO_RCVBUF asked for on transfer sockets
+_LISTENER_BUFFER = 1 << 20  # a boot storm's RRQs
+_MAX_DATAGRAM = 65536
+
+Address = tuple[str, int]
+
+
+class EventKind(enum.Enum):
+    STARTED = "started"  # a transfer began (bytes: the file size)
+    FINISHED = "finished"  # it ended normally: complete, or the client stopped it (probe, abort)
+    FAILED = "failed"  # it timed out, the file could not be read, or the server shut down
+    REFUSED = "refused"  # the request was answered with an ERROR (error: the message sent)
+
+
+@dataclass(frozen=True, slots=True)
+class TftpEvent:
+    kind: EventKind
+    client: Address
+    file: str
+    at: float  # wall-clock time (time.time())
+    bytes: int = 0  # STARTED: file size; FINISHED/FAILED: payload bytes sent
+    seconds: float = 0.0
+    retransmits: int = 0
+    outcome: Outcome | None = None
+    blksize: int = 0
+    windowsize: int = 0
+    error: str | None = None  # REFUSED: our message; FINISHED by the client: its message
+
+
+@dataclass(slots=True)
+class TftpStats:
+    started: int = 0
+    completed: int = 0  # every block acknowledged
+    aborted: int = 0  # the client ended it (OVMF's tsize probe, user abort) — not a failure
+    failed: int = 0  # timed out, read error, server shutdown
+    refused: int = 0  # answered with an ERROR: not found, access violation, write request
+    bytes_sent: int = 0  # DATA payload bytes, retransmissions included
+    retransmits: int = 0
+    dropped: int = 0  # malformed datagrams
+    wrong_tid: int = 0  # datagrams to a transfer socket from another address
+    duplicate_requests: int = 0  # retransmitted RRQs for a running transfer
+
+
+def _set_buffers(sock: socket.socket, size: int) -> None:
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+
+
+def _udp_socket(family: int, address: tuple[str, int], buffers: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        _set_buffers(sock, buffers)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _client_ip(host: str) -> IPv4Address | None:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(address, IPv4Address):
+        return address
+    return address.ipv4_mapped
+
+
+class _Session:
+    """One transfer: its socket, its `ReadTransfer`, its timer."""
+
+    __slots__ = ("addr", "file", "server", "sock", "timer", "timer_at", "transfer")
+
+    def __init__(
+        self,
+        server: TftpServer,
+        sock: socket.socket,
+        addr: Address,
+        transfer: ReadTransfer,
+        file: BootFile,
+    ) -> None:
+        self.server = server
+        self.sock = sock
+        self.addr = addr
+        self.transfer = transfer
+        self.file = file
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+
+    def start(self) -> None:
+        self.server._loop.add_reader(self.sock.fileno(), self.on_readable)
+        self.flush(self.server._loop.time())
+
+    def on_readable(self) -> None:
+        # One datagram per wake-up: epoll is level-triggered, so more queued datagrams wake us
+        # again at once, and lock-step transfers (one ACK per wake-up) save a failing recvfrom.
+        try:
+            data, addr = self.sock.recvfrom(_MAX_DATAGRAM)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.debug("TFTP %s:%d: receive error: %s", *self.addr[:2], exc)
+            return
+        if addr != self.addr:
+            self.server.stats.wrong_tid += 1
+            log.info("TFTP %s:%d: datagram for another transfer ID ignored", *addr[:2])
+            with contextlib.suppress(OSError):
+                self.sock.sendto(encode_error(ErrorCode.UNKNOWN_TID, "Unknown transfer ID"), addr)
+            return
+        now = self.server._loop.time()
+        try:
+            self.transfer.receive_datagram(data, now)
+        except TftpError as exc:
+            self.server.stats.dropped += 1
+            log.warning("TFTP %s:%d: malformed datagram dropped: %s", *addr[:2], exc)
+        self.flush(now)
+
+    def on_timer(self) -> None:
+        self.timer = None
+        now = self.server._loop.time()
+        self.transfer.handle_timer(now)
+        self.flush(now)
+
+    def flush(self, now: float) -> None:
+        transfer = self.transfer
+        sendto = self.sock.sendto
+        addr = self.addr
+        for datagram in transfer.datagrams_to_send(now):
+            try:
+                sendto(datagram, addr)
+            except OSError as exc:  # EAGAIN or worse: the retransmit timer will recover
+                log.debug("TFTP %s:%d: send failed: %s", *addr[:2], exc)
+                break
+        if transfer.done:
+            self.close()
+            return
+        when = transfer.get_timer()
+        timer = self.timer
+        if when is None:
+            if timer is not None:
+                timer.cancel()
+                self.timer = None
+            return
+        if timer is not None:
+            if self.timer_at <= when:
+                return  # fires early; on_timer re-arms
+            timer.cancel()
+        self.timer_at = when
+        self.timer = self.server._loop.call_at(when, self.on_timer)
+
+    def close(self) -> None:
+        server = self.server
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.sock.fileno() >= 0:
+            server._loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+        self.file.close()
+        if server._sessions.get(self.addr) is self:
+            del server._sessions[self.addr]
+        server._finished(self)
+
+
+class TftpServer:
+    """A running TFTP server; make one with `start_tftp`."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        files: FileSource,
+        config: TransferConfig,
+        on_event: Callable[[TftpEvent], None] | None,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._sock = sock
+        self._family = sock.family
+        self._host = sock.getsockname()[0]
+        self.port: int = sock.getsockname()[1]
+        self._files = files
+        self._config = config
+        self._on_event = on_event
+        self._sessions: dict[Address, _Session] = {}
+        self.stats = TftpStats()
+        self._closed = False
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+
+    @property
+    def active(self) -> int:
+        """Transfers in progress."""
+        return len(self._sessions)
+
+    async def close(self) -> None:
+        """Stop listening; running transfers are told with ERROR 0 and closed."""
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+        now = self._loop.time()
+        for session in list(self._sessions.values()):
+            session.transfer.cancel(now)
+            session.flush(now)
+        await asyncio.sleep(0)
+
+    # -- the listener ---------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        for _ in range(_BURST):
+            try:
+                data, addr = self._sock.recvfrom(_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug("TFTP listener: receive error: %s", exc)
+                return
+            try:
+                self._on_request(data, addr)
+            except Exception:  # a bug must not stop the listener
+                log.exception("TFTP %s:%d: request failed", *addr[:2])
+
+    def _on_request(self, data: bytes, addr: Address) -> None:
+        try:
+            packet = parse_packet(data)
+        except TftpError as exc:
+            self.stats.dropped += 1
+            log.warning("TFTP %s:%d: malformed request dropped: %s", *addr[:2], exc)
+            if data[:2] in (b"\0\1", b"\0\2"):  # a request we cannot read: say why
+                self._send(encode_error(exc.code, str(exc)), addr)
+            return
+        if isinstance(packet, WriteRequest):
+            self._refuse(addr, packet.filename, ErrorCode.ACCESS_VIOLATION, "Read-only server")
+            return
+        if not isinstance(packet, ReadRequest):
+            self.stats.dropped += 1
+            log.info("TFTP %s:%d: %s on the request port dropped", *addr[:2], type(packet).__name__)
+            return
+        running = self._sessions.get(addr)
+        if running is not None and running.transfer.request == packet:
+            self.stats.duplicate_requests += 1
+            return
+        self._start(packet, addr)
+
+    def _start(self, request: ReadRequest, addr: Address) -> None:
+        name = request.filename
+        try:
+            file = self._files.open(name, _client_ip(addr[0]))
+        except FileNotFound:
+            self._refuse(addr, name, ErrorCode.FILE_NOT_FOUND, "File not found")
+            return
+        except AccessViolation:
+            self._refuse(addr, name, ErrorCode.ACCESS_VIOLATION, "Access violation")
+            return
+        except BootFileError:
+            self._refuse(addr, name, ErrorCode.ACCESS_VIOLATION, "Access violation")
+            return
+        except Exception:
+            log.exception("TFTP %s:%d: opening %r failed", addr[0], addr[1], name)
+            self._refuse(addr, name, ErrorCode.NOT_DEFINED, "Internal error")
+            return
+        try:
+            transfer = ReadTransfer(request, file, now=self._loop.time(), config=self._config)
+            sock = _udp_socket(self._family, (self._host, 0), _BUFFER)
+        except OSError as exc:
+            file.close()
+            log.error("TFTP %s:%d: cannot start %r: %s", addr[0], addr[1], name, exc)
+            self._refuse(addr, name, ErrorCode.NOT_DEFINED, "Server error")
+            return
+        session = _Session(self, sock, addr, transfer, file)
+        self._sessions[addr] = session
+        self.stats.started += 1
+        stats = transfer.stats
+        log.debug(
+            "TFTP %s:%d: RRQ %r %s blksize %d windowsize %d",
+            addr[0],
+            addr[1],
+            name,
+            request.mode.value,
+            stats.blksize,
+            stats.windowsize,
+        )
+        self._emit(
+            TftpEvent(
+                EventKind.STARTED,
+                addr,
+                name,
+                time.time(),
+                bytes=stats.size,
+                blksize=stats.blksize,
+                windowsize=stats.windowsize,
+            )
+        )
+        session.start()
+
+    def _refuse(self, addr: Address, name: str, code: ErrorCode, message: str) -> None:
+        self.stats.refused += 1
+        log.info("TFTP %s:%d: %r refused: %s", addr[0], addr[1], name, message)
+        self._send(encode_error(code, message), addr)
+        self._emit(TftpEvent(EventKind.REFUSED, addr, name, time.time(), error=message))
+
+    def _send(self, datagram: bytes, addr: Address) -> None:
+        try:
+            self._sock.sendto(datagram, addr)
+        except OSError as exc:
+            log.debug("TFTP %s:%d: send failed: %s", *addr[:2], exc)
+
+    # -- bookkeeping ----------------------------------------------------------------------
+
+    def _finished(self, session: _Session) -> None:
+        transfer = session.transfer
+        outcome = transfer.outcome
+        stats = transfer.stats
+        self.stats.bytes_sent += stats.bytes_sent
+        self.stats.retransmits += stats.retransmits
+        if outcome is Outcome.COMPLETE:
+            self.stats.completed += 1
+        elif outcome is not None and not outcome.failed:
+            self.stats.aborted += 1
+        else:
+            self.stats.failed += 1
+        failed = outcome is None or outcome.failed
+        seconds = stats.seconds or 0.0
+        client_error = transfer.client_error
+        log.log(
+            logging.WARNING if failed else logging.INFO,
+            "TFTP %s:%d: %r %s: %d bytes in %.3f s (%d retransmits)",
+            session.addr[0],
+            session.addr[1],
+            transfer.request.filename,
+            outcome.value if outcome is not None else "closed",
+            stats.bytes_sent,
+            seconds,
+            stats.retransmits,
+        )
+        self._emit(
+            TftpEvent(
+                EventKind.FAILED if failed else EventKind.FINISHED,
+                session.addr,
+                transfer.request.filename,
+                time.time(),
+                bytes=stats.bytes_sent,
+                seconds=seconds,
+                retransmits=stats.retransmits,
+                outcome=outcome,
+                blksize=stats.blksize,
+                windowsize=stats.windowsize,
+                error=client_error.message if client_error is not None else None,
+            )
+        )
+
+    def _emit(self, event: TftpEvent) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(event)
+        except Exception:
+            log.exception("TFTP event handler failed")
+
+
+async def start_tftp(
+    host: str,
+    port: int,
+    files: FileSource,
+    *,
+    config: TransferConfig | None = None,
+    on_event: Callable[[TftpEvent], None] | None = None,
+) -> TftpServer:
+    """Serve ``files`` read-only over TFTP on (host, port); port 0 picks a free one.
+
+    Bind errors (`OSError`: EACCES, EADDRINUSE…) propagate for the caller to explain."""
+    loop = asyncio.get_running_loop()
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        family, host = infos[0][0], str(infos[0][4][0])
+    sock = _udp_socket(family, (host, port), _LISTENER_BUFFER)
+    try:
+        return TftpServer(sock, files, config or TransferConfig(), on_event)
+    except BaseException:
+        sock.close()
+        raise
