@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -33,7 +32,7 @@ from pxeforge.ramdisk.cpio import (
 )
 
 ROOT = os.geteuid() == 0
-needs_cpio = pytest.mark.skipif(shutil.which("cpio") is None, reason="GNU cpio not installed")
+needs_cpio = pytest.mark.usefixtures("gnu_cpio")
 needs_root = pytest.mark.skipif(not ROOT, reason="owners and device nodes need root")
 
 MTIME = 1_600_000_000
