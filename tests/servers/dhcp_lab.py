@@ -11,11 +11,13 @@ import contextlib
 import itertools
 import json
 import os
-import select
+import queue
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -101,26 +103,38 @@ class ServerProc:
     proc: subprocess.Popen[str] | None = None
     port: int = 0
     proxy_port: int | None = None
-    _buf: str = ""
+    log_level: str = "INFO"
+    report_events: bool = True
+    stderr: str = ""
+    _errfile: Any = None
+    _thread: threading.Thread | None = None
+    _lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
 
     def start(self, timeout: float = 20.0, *, lifetime: float = 300.0) -> ServerProc:
         argv = [
             "ip", "netns", "exec", self.lab.srv, "timeout", str(lifetime),
-            sys.executable, str(RUNNER), json.dumps(self.settings), "--events",
-            "--commit", self.commit, "--log", "INFO",
+            sys.executable, str(RUNNER), json.dumps(self.settings),
+            "--commit", self.commit, "--log", self.log_level,
         ]  # fmt: skip
+        if self.report_events:
+            argv.append("--events")
         if self.db is not None:
             argv += ["--db", str(self.db)]
         for mac in self.ignore:
             argv += ["--ignore", mac]
+        # the log goes to a file: a pipe nobody reads would fill up and block the server
+        self._errfile = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self._errfile,
             text=True,
             bufsize=1,
             start_new_session=True,  # its own process group: `_stop_hard` kills all of it
         )
+        self._lines = queue.Queue()
+        self._thread = threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True)
+        self._thread.start()
         line = self._readline(timeout)
         if line is None or not line.startswith("READY "):
             err = self._stop_hard()
@@ -130,27 +144,32 @@ class ServerProc:
         self.proxy_port = None if proxy == "None" else int(proxy)
         return self
 
+    def _pump(self, stdout: Any) -> None:
+        """Reader thread: every stdout line into the queue (a full pipe would block the
+        server), then None at EOF."""
+        for line in stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
     def _readline(self, timeout: float) -> str | None:
-        assert self.proc is not None and self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while "\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                return None
-            chunk = os.read(fd, 65536).decode()
-            if not chunk:
-                return None
-            self._buf += chunk
-        line, self._buf = self._buf.split("\n", 1)
-        return line
+        try:
+            return self._lines.get(timeout=timeout) if timeout > 0 else self._lines.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _take(self, line: str | None) -> dict[str, Any] | None:
+        if line is not None and line.startswith("EVENT "):
+            self.events.append(json.loads(line[6:]))
+        elif line is not None and line.startswith("STATS "):
+            stats: dict[str, Any] = json.loads(line[6:])
+            return stats
+        return None
 
     def poll_events(self, timeout: float = 0.0) -> list[dict[str, Any]]:
         """Read the EVENT lines printed so far (waiting up to ``timeout`` for the first)."""
         line = self._readline(timeout)
         while line is not None:
-            if line.startswith("EVENT "):
-                self.events.append(json.loads(line[6:]))
+            self._take(line)
             line = self._readline(0.05)
         return self.events
 
@@ -169,18 +188,15 @@ class ServerProc:
         assert self.proc is not None and self.proc.stdout is not None
         self.proc.send_signal(signal.SIGTERM)
         try:
-            out, err = self.proc.communicate(timeout=20)
+            self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self._stop_hard()
             raise AssertionError("DHCP runner did not stop on SIGTERM") from None
+        self._join()
+        err = self._read_log()
         stats: dict[str, Any] = {}
-        for line in (self._buf + out).splitlines():
-            if line.startswith("EVENT "):
-                self.events.append(json.loads(line[6:]))
-            elif line.startswith("STATS "):
-                stats = json.loads(line[6:])
-        self._buf = ""
-        self.stderr = err
+        while (line := self._readline(0)) is not None:
+            stats = self._take(line) or stats
         self.proc = None
         if not stats:
             raise AssertionError(f"DHCP runner printed no stats; stderr: {err}")
@@ -192,9 +208,27 @@ class ServerProc:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-        _, err = self.proc.communicate(timeout=20)
+        self.proc.wait(timeout=20)
+        self._join()
         self.proc = None
-        return err
+        return self._read_log()
+
+    def _join(self) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout=20)
+            self._thread = None
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def _read_log(self) -> str:
+        if self._errfile is None:
+            return ""
+        self._errfile.seek(0)
+        text: str = self._errfile.read()
+        self._errfile.close()
+        self._errfile = None
+        self.stderr = text
+        return text
 
     def close(self) -> None:
         """Stop if still running (for finally blocks)."""

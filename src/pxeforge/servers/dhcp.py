@@ -52,9 +52,10 @@ import socket
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
+from types import MappingProxyType
 from typing import Literal
 
 from pxeforge.boot.booter import Booter
@@ -150,6 +151,7 @@ class DhcpResponder:
         self.server_port = settings.dhcp_port
         self.client_port = 68 if settings.dhcp_port == 67 else settings.dhcp_port + 1
         self._static = self._static_options()
+        self._by_lease_time: dict[int, Mapping[int, bytes]] = {}
 
     def _static_options(self) -> dict[int, bytes]:
         s = self.settings
@@ -228,11 +230,16 @@ class DhcpResponder:
             return self.settings.lease_time
         return max(60, min(asked, self.settings.max_lease_time))
 
-    def _lease_options(self, lease_time: int) -> dict[int, bytes]:
-        out = dict(self._static)
-        out[Option.LEASE_TIME] = u32_bytes(lease_time)
-        out[Option.RENEWAL_TIME] = u32_bytes(lease_time // 2)
-        out[Option.REBINDING_TIME] = u32_bytes(lease_time * 7 // 8)
+    def _lease_options(self, lease_time: int) -> Mapping[int, bytes]:
+        out = self._by_lease_time.get(lease_time)
+        if out is None:
+            opts = dict(self._static)
+            opts[Option.LEASE_TIME] = u32_bytes(lease_time)
+            opts[Option.RENEWAL_TIME] = u32_bytes(lease_time // 2)  # T1 (RFC 2131 §4.4.5)
+            opts[Option.REBINDING_TIME] = u32_bytes(lease_time * 7 // 8)  # T2
+            out = MappingProxyType(opts)
+            if len(self._by_lease_time) < 64:  # clients choose option 51: keep the cache small
+                self._by_lease_time[lease_time] = out
         return out
 
     def _send(
