@@ -148,7 +148,6 @@ _RELAX = 64  # clean windows at a lowered burst ceiling before it may grow by on
 _HEADER = struct.Struct("!HH")
 _pack_header = _HEADER.pack
 _OPCODE = struct.Struct("!H")
-_NUMERIC_OPTIONS = frozenset(OptionName)
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,10 +244,8 @@ def _parse_options(raw: list[bytes], what: str) -> dict[str, str]:
         value = _ascii(value_raw, f"option {name!r}", ErrorCode.OPTION_REFUSED)
         if name in options:
             raise TftpError(f"{what}: option {name!r} given twice", ErrorCode.OPTION_REFUSED)
-        if name in _NUMERIC_OPTIONS and not (
-            value.isdigit() and value.isascii() and len(value) <= _MAX_DIGITS
-        ):
-            raise TftpError(f"{what}: option {name!r} is not a number", ErrorCode.OPTION_REFUSED)
+        # Values are checked by `negotiate`, which ignores what it cannot use: real clients send
+        # oddities such as atftp's literal "tsize enable", and tftp-hpa serves them too.
         options[name] = value
     return options
 
@@ -388,15 +385,16 @@ def negotiate(options: Mapping[str, str], size: int, config: TransferConfig) -> 
     blksize, windowsize, timeout, tsize = DEFAULT_BLKSIZE, 1, config.timeout, False
     oack: dict[str, str] = {}
     for name, value in options.items():
+        if name == OptionName.TSIZE:  # in an RRQ the value means nothing (RFC 2349 says 0)
+            tsize = True
+            oack[name] = str(size)
+            continue
         number = _int(value)
         if number is None:
-            continue
+            continue  # not a number: ignored, like any option we cannot honour (RFC 2347)
         if name == OptionName.BLKSIZE and number >= MIN_BLKSIZE:
             blksize = min(number, config.max_blksize, MAX_UDP_PAYLOAD - HEADER_SIZE)
             oack[name] = str(blksize)
-        elif name == OptionName.TSIZE:
-            tsize = True
-            oack[name] = str(size)
         elif name == OptionName.TIMEOUT and MIN_TIMEOUT <= number <= MAX_TIMEOUT:
             timeout = float(number)
             oack[name] = str(number)  # echoed unchanged (EDK2 checks it equals its request)
