@@ -36,7 +36,15 @@ from pxeforge.protocols.dhcp import (
 from pxeforge.protocols.pxe import PxeVendorOption, parse_ipxe_encap, parse_pxe_vendor_options
 from pxeforge.servers.dhcp import Decision, DhcpEvent, DhcpResponder, start_dhcp
 
-from .dhcp_lab import SERVER_IP, Lab, dhcp_lab, dhcp_server, full_settings, have_netns
+from .dhcp_lab import (
+    SERVER_IP,
+    Lab,
+    ServerProc,
+    dhcp_lab,
+    dhcp_server,
+    full_settings,
+    have_netns,
+)
 
 A = IPv4Address
 ZERO = IPv4Address(0)
@@ -763,3 +771,103 @@ def test_netns_proxy_mode() -> None:
     assert stats["stats"]["DISCOVER:proxy-offer"] == 1
     assert stats["stats"]["REQUEST:proxy-ack"] == 1
     assert stats["stats"]["DISCOVER:ignored:not-pxe"] == 1
+
+
+_BURST_CLIENT = r"""
+import socket, sys, time, select
+n = int(sys.argv[1])
+packets = [bytes.fromhex(line.strip()) for line in sys.stdin if line.strip()]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"cli0")
+s.bind(("10.77.0.50", 67))
+s.setblocking(False)
+deadline = time.monotonic() + 20
+sent = 0
+quiet_since = None
+while time.monotonic() < deadline:
+    if sent < len(packets):
+        for p in packets[sent : sent + 20]:
+            s.sendto(p, ("10.77.0.1", 67))
+        sent += 20
+    if select.select([s], [], [], 0.004)[0]:
+        quiet_since = None
+        while True:
+            try:
+                data = s.recv(4096)
+            except BlockingIOError:
+                break
+            print(data.hex(), flush=True)
+    elif sent >= len(packets):
+        quiet_since = quiet_since or time.monotonic()
+        if time.monotonic() - quiet_since > 1.0:
+            break
+"""
+
+
+@needs_netns
+def test_netns_sigkill_mid_burst_keeps_every_acked_lease(tmp_path: Path) -> None:
+    """kill -9 while ACKs are flowing: every lease a client saw ACKed is in the database."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    relay = A("10.77.0.50")
+    db = tmp_path / "leases.db"
+    s = full_settings(subnet="10.77.0.0/16", pool="10.77.1.1-10.77.20.254", netboot_only=False)
+    n = 3000
+    packets = [
+        request(
+            MessageType.REQUEST,
+            mac=f"02:00:00:01:{i >> 8:02x}:{i & 255:02x}",
+            vendor=None,
+            arch=None,
+            giaddr=relay,
+            requested=A(int(A("10.77.1.1")) + i),
+        ).to_bytes()
+        for i in range(n)
+    ]
+    with dhcp_lab() as lab:
+        lab.in_cli("ip", "addr", "add", "10.77.0.50/24", "dev", lab.cli_if)
+        server = ServerProc(lab, s, db=db, log_level="WARNING", report_events=False).start()
+        client = subprocess.Popen(
+            ["timeout", "40", "ip", "netns", "exec", lab.cli, sys.executable, "-c"]
+            + [_BURST_CLIENT, str(n)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert client.stdin is not None and client.stdout is not None
+            client.stdin.write("".join(p.hex() + "\n" for p in packets))
+            client.stdin.close()
+            acked: list[IPv4Address] = []
+            while len(acked) < 300:
+                line = client.stdout.readline()
+                if not line:
+                    break
+                acked.append(parse(bytes.fromhex(line.strip())).yiaddr)
+            assert server.proc is not None
+            os.killpg(server.proc.pid, signal.SIGKILL)  # mid-burst: no clean shutdown
+            rest = client.stdout.read()  # the client stops after 1 s of silence
+            client.wait(timeout=60)
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+            if client.stdout is not None:
+                client.stdout.close()
+            server.close()
+    acked += [parse(bytes.fromhex(x)).yiaddr for x in rest.split()]
+    assert 300 <= len(acked) < n, len(acked)  # killed mid-burst indeed
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+    with LeaseStore(db) as store:
+        on_disk = {x.ip for x in store.load() if x.state is LeaseState.BOUND}
+    missing = set(acked) - on_disk
+    assert not missing, f"{len(missing)} ACKed leases lost, e.g. {sorted(missing)[:3]}"
