@@ -871,3 +871,20 @@ def test_netns_sigkill_mid_burst_keeps_every_acked_lease(tmp_path: Path) -> None
         on_disk = {x.ip for x in store.load() if x.state is LeaseState.BOUND}
     missing = set(acked) - on_disk
     assert not missing, f"{len(missing)} ACKed leases lost, e.g. {sorted(missing)[:3]}"
+
+
+def test_arp_injection_failure_falls_back_once(caplog: pytest.LogCaptureFixture) -> None:
+    """SIOCSARP on an interface that does not exist fails: logged once, then not retried."""
+    from pxeforge.servers.dhcp import DhcpServer
+
+    server = DhcpServer(None, None, interface="pxf-nosuch0")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        server._socks.append(sock)
+        with caplog.at_level("WARNING", logger="pxeforge.dhcp"):
+            assert not server._inject_arp("10.0.0.5", mac_bytes(MAC), 0)
+            assert not server._inject_arp("10.0.0.6", mac_bytes(MAC), 0)
+        warnings = [r for r in caplog.records if "ARP" in r.getMessage()]
+        assert len(warnings) == 1 and "broadcast instead" in warnings[0].getMessage()
+    finally:
+        sock.close()
