@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pxeforge.assets.deb import DebPackage
+from pxeforge.assets.fetch import download_apt
 from pxeforge.errors import AssetError
 from pxeforge.ramdisk import cpio
 
@@ -47,11 +49,11 @@ __all__ = [
     "Guest",
     "MODULES",
     "VENDOR_CLASS",
-    "apt_download",
     "build_guest",
     "build_initramfs",
     "default_cache_dir",
     "init_script",
+    "kernel_deb",
     "resolve_kernel_package",
 ]
 
@@ -196,44 +198,16 @@ def resolve_kernel_package(metapackage: str = DEFAULT_KERNEL_METAPACKAGE) -> str
     )
 
 
-def apt_download(package: str, dest: Path) -> Path:
-    """``apt-get download package`` into ``dest`` unless a ``package_*.deb`` is there."""
-    dest.mkdir(parents=True, exist_ok=True)
-    found = sorted(dest.glob(f"{package}_*.deb"))
-    if found:
-        return found[-1]
-    argv = ["apt-get", "download", "-q"]
-    if os.geteuid() == 0:  # the _apt sandbox user cannot write into root's cache
-        argv += ["-o", "APT::Sandbox::User=root"]
-    with tempfile.TemporaryDirectory(dir=dest, prefix=".download-") as tmp:
-        _run([*argv, package], cwd=Path(tmp), what=f"downloading {package}")
-        got = sorted(Path(tmp).glob(f"{package}_*.deb"))
-        if not got:
-            raise AssetError(f"apt-get download {package} produced no .deb")
-        final = dest / got[-1].name
-        os.replace(got[-1], final)
-    return final
-
-
-def _deb_members(deb: Path, wanted: Callable[[str], bool]) -> dict[str, bytes]:
-    """Regular files of the .deb's data archive whose normalised path ``wanted`` accepts."""
-    # TEMPORARY stopgap until pxeforge.assets.deb lands: dpkg-deb streams data.tar.
-    import tarfile
-
-    out: dict[str, bytes] = {}
-    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE) as proc:
-        assert proc.stdout is not None
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-            for member in tar:
-                name = member.name.lstrip("./")
-                if member.isfile() and wanted(name):
-                    f = tar.extractfile(member)
-                    assert f is not None
-                    out[name] = f.read()
-        proc.stdout.close()
-    if proc.returncode != 0:
-        raise AssetError(f"cannot read {deb}: dpkg-deb exited {proc.returncode}")
-    return out
+def kernel_deb(package: str, debs: Path) -> Path:
+    """The .deb of ``package`` in ``debs``: apt's candidate (downloaded when not cached), or
+    without apt lists the newest cached one."""
+    try:
+        return download_apt([package], debs)[0].path
+    except AssetError:
+        cached = sorted(debs.glob(f"{package}_*.deb"))
+        if not cached:
+            raise
+        return cached[-1]
 
 
 def build_initramfs(init: str, busybox: bytes, modules: dict[str, bytes]) -> bytes:
@@ -286,7 +260,7 @@ def build_guest(
             f"no static busybox at {busybox} ({exc.strerror}); apt-get install busybox-static"
         ) from None
     init = init_script()
-    deb = apt_download(kernel_package, debs)
+    deb = kernel_deb(kernel_package, debs)
     key = _cache_key(
         str(_FORMAT).encode(),
         deb.name.encode(),
@@ -301,24 +275,19 @@ def build_guest(
         return Guest(out / "vmlinuz", out / "initrd.gz", info["kernel_version"], info["package"])
 
     log(f"building the test guest from {deb.name} (once; cached in {out})")
+    package = DebPackage.open(deb)
     wanted_modules = {f"{m}.ko": m for m in MODULES}
-
-    def wanted(name: str) -> bool:
-        base = name.rsplit("/", 1)[-1]
-        return (name.startswith("boot/vmlinuz-")) or (
-            name.startswith("lib/modules/") and base in wanted_modules
-        )
-
-    members = _deb_members(deb, wanted)
-    kernels = [n for n in members if n.startswith("boot/vmlinuz-")]
+    kernels = [n for n in package.names() if n.startswith("boot/vmlinuz-")]
     if len(kernels) != 1:
         raise AssetError(f"{deb.name}: expected one boot/vmlinuz-*, found {kernels}")
+    module_paths = {
+        n: wanted_modules[n.rsplit("/", 1)[-1]]
+        for n in package.names()
+        if n.startswith("lib/modules/") and n.rsplit("/", 1)[-1] in wanted_modules
+    }
+    members = package.read([kernels[0], *module_paths])
     version = kernels[0].removeprefix("boot/vmlinuz-")
-    modules: dict[str, bytes] = {}
-    for name, data in members.items():
-        base = name.rsplit("/", 1)[-1]
-        if base in wanted_modules:
-            modules[wanted_modules[base]] = data
+    modules = {module: members[path] for path, module in module_paths.items()}
     missing = [m for m in MODULES if m not in modules]
     if missing:
         raise AssetError(f"{deb.name} lacks the modules {missing} (built in? renamed?)")

@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -43,9 +41,10 @@ from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 from typing import Any
 
+from pxeforge.assets.fetch import MANIFEST, fetch_assets
 from pxeforge.boot.booter import KERNEL_REF
 from pxeforge.config import BootMethod
-from pxeforge.errors import AssetError, StartupError
+from pxeforge.errors import StartupError
 from pxeforge.lab import guest as guest_mod
 from pxeforge.lab import netns, procs
 from pxeforge.lab.capture import (
@@ -199,48 +198,13 @@ def fetch_callbacks(ns: str, host: str, port: int, timeout: float = 3.0) -> list
     return [item for item in data if isinstance(item, dict)]
 
 
-# Loaders a boot root needs, until `pxeforge assets fetch` provides them.
-_HOST_LOADERS = {
-    "pxelinux.0": Path("/usr/lib/PXELINUX/pxelinux.0"),
-    "ldlinux.c32": Path("/usr/lib/syslinux/modules/bios/ldlinux.c32"),
-}
-_DEB_LOADERS = {
-    "shim-signed": {"usr/lib/shim/shimx64.efi.signed": "bootx64.efi"},
-    "grub-efi-amd64-signed": {
-        "usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed": "grubx64.efi"
-    },
-    "ipxe": {
-        "usr/lib/ipxe/undionly.kpxe": "undionly.kpxe",
-        "usr/lib/ipxe/snponly.efi": "snponly.efi",
-    },
-}
-
-
 def prepare_root(cache_dir: Path, log: Reporter = lambda _m: None) -> Path:
-    """A boot root holding every loader the four lab paths need (cached)."""
+    """The lab's boot root, filled as by ``pxeforge assets fetch --root`` (cached .debs;
+    a warm run only re-checks them)."""
     root = cache_dir / "root"
-    names = {*_HOST_LOADERS, *(n for m in _DEB_LOADERS.values() for n in m.values())}
-    if all((root / n).is_file() for n in names):
-        return root
-    log(f"preparing the boot root {root} (once)")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".root-"))
-    try:
-        for name, src in _HOST_LOADERS.items():
-            if not src.is_file():
-                raise AssetError(f"{src} missing (apt-get install pxelinux syslinux-common)")
-            shutil.copyfile(src, tmp / name)
-        for package, files in _DEB_LOADERS.items():
-            deb = guest_mod.apt_download(package, cache_dir / "debs")
-            members = guest_mod._deb_members(deb, files.__contains__)
-            for member, name in files.items():
-                if member not in members:
-                    raise AssetError(f"{deb.name} has no {member}")
-                (tmp / name).write_bytes(members[member])
-        shutil.rmtree(root, ignore_errors=True)
-        os.rename(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not (root / MANIFEST).is_file():
+        log(f"fetching boot loaders into {root} (once)")
+    fetch_assets(root, cache_dir)
     return root
 
 
