@@ -115,9 +115,11 @@ def test_udhcpc_plain_client_is_ignored_with_netboot_only(tmp_path: Path) -> Non
         try:
             assert udhcpc(lab, tmp_path, pxe=False) is None
             stats = server.stop()
-            # without netboot_only it gets an address, but no boot file
-            server = ServerProc(lab, full_settings(netboot_only=False)).start()
-            env = udhcpc(lab, tmp_path, pxe=False)
+            # without netboot_only it gets an address, but no boot file. No --interface here,
+            # and the client asks for broadcast replies (-B): they must leave by the interface
+            # the DISCOVER came in on (IP_PKTINFO), as the namespace has no default route
+            server = ServerProc(lab, full_settings(netboot_only=False, interface=None)).start()
+            env = udhcpc(lab, tmp_path, "-B", pxe=False)
             server.stop()
         finally:
             server.close()

@@ -415,9 +415,10 @@ def _udp_socket(port: int, interface: str | None) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
-        sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
         if interface:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+        else:  # learn each datagram's interface, to answer out of the same one
+            sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
         sock.bind(("0.0.0.0", port))
         sock.setblocking(False)
     except BaseException:
@@ -481,18 +482,22 @@ class DhcpServer:
     # ------------------------------------------------------------------ reading
 
     def _on_readable(self, sock: socket.socket, proxy: bool) -> None:
+        pktinfo = self.interface is None  # bound to a device: no need to ask which one
         for _ in range(_BURST):
+            ifindex = 0
             try:
-                data, ancdata, _flags, addr = sock.recvmsg(_RECV_SIZE, 64)
+                if pktinfo:
+                    data, ancdata, _flags, addr = sock.recvmsg(_RECV_SIZE, 64)
+                    for level, kind, value in ancdata:
+                        if level == socket.IPPROTO_IP and kind == _IP_PKTINFO and len(value) >= 12:
+                            ifindex = _PKTINFO.unpack_from(value)[0]
+                else:
+                    data, addr = sock.recvfrom(_RECV_SIZE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 log.warning("DHCP receive error: %s", exc)
                 break
-            ifindex = 0
-            for level, kind, value in ancdata:
-                if level == socket.IPPROTO_IP and kind == _IP_PKTINFO and len(value) >= 12:
-                    ifindex = _PKTINFO.unpack_from(value)[0]
             self._datagram(sock, data, addr, ifindex, proxy)
         self._maybe_commit()
 
@@ -581,11 +586,12 @@ class DhcpServer:
         ip = d.ip
         if d.arp and not self._inject_arp(ip, d.chaddr, ifindex):
             ip = BROADCAST
-        anc = []
-        if ifindex:
-            anc = [(socket.IPPROTO_IP, _IP_PKTINFO, _PKTINFO.pack(ifindex, bytes(4), bytes(4)))]
         try:
-            sock.sendmsg([d.data], anc, 0, (ip, d.port))
+            if ifindex:
+                anc = [(socket.IPPROTO_IP, _IP_PKTINFO, _PKTINFO.pack(ifindex, bytes(4), bytes(4)))]
+                sock.sendmsg([d.data], anc, 0, (ip, d.port))
+            else:
+                sock.sendto(d.data, (ip, d.port))
         except OSError as exc:
             self.stats["send-error"] += 1
             log.warning("DHCP: cannot send to %s:%d for %s: %s", ip, d.port, d.event.mac, exc)
