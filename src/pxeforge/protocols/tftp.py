@@ -749,7 +749,9 @@ class ReadTransfer:
         try:
             payload = self._source.read_at(start, length)
         except OSError:
-            return  # the retransmit timer will try again
+            return  # the retransmit timer will try again (and report a lasting failure)
+        if len(payload) != length:
+            return  # the file changed; the next burst's read reports it
         self._outbox.append(_pack_header(Opcode.DATA, block & 0xFFFF) + payload)
         self._resent = True
         self.stats.retransmits += 1

@@ -16,8 +16,10 @@ Theory of operation
   the parser chose; anything else is dropped. Every malformed datagram is counted in
   ``stats.dropped`` and logged with the client address; the listener keeps serving.
 
-A transfer socket is read with ``loop.add_reader`` (up to `_BURST` datagrams per wake-up).
-Datagrams from the client go to `ReadTransfer.receive_datagram`; any other source gets ERROR 5
+A transfer socket is read with ``loop.add_reader``, one datagram per wake-up (epoll is
+level-triggered, and a lock-step transfer saves a failing ``recvfrom`` per block; the listener
+reads up to `_BURST`). Datagrams from the client go to `ReadTransfer.receive_datagram`; any
+other source gets ERROR 5
 "Unknown transfer ID" and is otherwise ignored (RFC 1350 §4). After every input the transfer's
 datagrams are sent and its timer re-armed with ``loop.call_at`` — lazily: an armed timer that
 would fire too early is kept and simply re-armed when it fires, so the lock-step hot path does
@@ -25,7 +27,15 @@ not create a timer handle per block. When the transfer is done its socket and fi
 and a `TftpEvent` is emitted (cheap frozen records, for the per-node timeline).
 
 Transfer sockets ask for 4 MiB send and receive buffers (the kernel caps them at
-``net.core.wmem_max`` / ``rmem_max``), so a whole window is queued without EAGAIN.
+``net.core.wmem_max`` / ``rmem_max``), so a whole window is queued without EAGAIN. A transfer
+socket is bound to the listener's address; with a wildcard listener the kernel picks the
+reply's source address by route. Refusals (ERROR 1, 2, 4) are sent from the listener's port,
+which clients accept as the server's TID (curl, tftp-hpa, atftp, iPXE, EDK2).
+
+Performance (32 MiB over loopback, client and server pinned to one vCPU): lock-step costs
+~10-14 µs of server CPU per block (asyncio's own wake-up is most of it), about 3x tftpd-hpa, so
+lock-step throughput is about half of tftpd-hpa's; with windowsize (OVMF asks for 4) transfers
+overtake it.
 """
 
 from __future__ import annotations
