@@ -71,6 +71,16 @@ def test_concurrent_upgrades(db_url: str) -> None:
             e.dispose()
 
 
+def test_upgrade_by_url(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'y.db'}"
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    try:
+        assert db.current_revision(engine) == "0001"
+    finally:
+        engine.dispose()
+
+
 def test_sqlite_pragmas(tmp_path: Path) -> None:
     engine = db.connect(f"sqlite:///{tmp_path / 'sub' / 'dir' / 'x.db'}")  # makes the dirs
     try:

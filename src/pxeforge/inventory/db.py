@@ -97,14 +97,20 @@ def _alembic_config() -> Config:
     return config
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` (all migrations by default), in one transaction."""
+def upgrade(target: Engine | str, revision: str = "head") -> None:
+    """Bring the schema of ``target`` (an engine or a URL) to ``revision`` — all migrations by
+    default — in one transaction."""
+    engine = make_engine(target) if isinstance(target, str) else target
     config = _alembic_config()
-    with write_engine(engine).begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
-        config.attributes["connection"] = conn
-        command.upgrade(config, revision)
+    try:
+        with write_engine(engine).begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            config.attributes["connection"] = conn
+            command.upgrade(config, revision)
+    finally:
+        if isinstance(target, str):
+            engine.dispose()
 
 
 def downgrade(engine: Engine, revision: str) -> None:

@@ -4,7 +4,9 @@ Theory of operation:
 
 * Every public method is **one transaction** and returns frozen records
   (`pxeforge.inventory.records`), never live ORM objects. A method that fails leaves the
-  database as it was. Writes start as writers (``BEGIN IMMEDIATE`` on SQLite, see `db`).
+  database as it was. Writes start as writers (``BEGIN IMMEDIATE`` on SQLite, see `db`). The
+  sweeps over many nodes (`recover_stuck`, `expire_waits`) lock, change and unlock one node at
+  a time, each step its own transaction.
 * **Node locks** are Ironic's ``reservation`` column. `acquire` is one conditional
   ``UPDATE nodes SET reservation=:holder WHERE id=:id AND reservation IS NULL``; its row count
   says who won, atomically on SQLite and PostgreSQL alike, so two pxeforge processes sharing a
@@ -112,6 +114,7 @@ _JSON_NODE_FIELDS: Final = frozenset(
     {"driver_info", "properties", "instance_info", "driver_internal_info", "extra"}
 )
 _SORT_KEYS: Final = tuple(f for f in NODE_FIELDS if f not in _JSON_NODE_FIELDS)
+_NODE_COLUMNS: Final = tuple(getattr(Node, f) for f in NODE_FIELDS)  # NodeRecord field order
 _PORT_CHANGEABLE: Final = frozenset(
     {"address", "node", "pxe_enabled", "local_link_connection", "extra"}
 )
@@ -310,7 +313,10 @@ class Store:
     def get_node(self, ident: str | int) -> NodeRecord:
         """The node with this UUID, name or numeric id; `NodeNotFound` otherwise."""
         with self._reading() as session:
-            return NodeRecord.from_row(self._node(session, ident))
+            row = session.execute(select(*_NODE_COLUMNS).where(_node_where(ident))).one_or_none()
+            if row is None:
+                raise NodeNotFound(ident)
+            return NodeRecord(*row)
 
     def _list_query(
         self,
@@ -410,8 +416,11 @@ class Store:
                 sort_key=sort_key,
                 sort_dir=sort_dir,
             )
-            rows = session.scalars(select(Node).where(*where).order_by(*order).limit(page))
-            return [NodeRecord.from_row(row) for row in rows]
+            # plain column rows, not ORM entities: several times faster for big pages
+            rows = session.execute(
+                select(*_NODE_COLUMNS).where(*where).order_by(*order).limit(page)
+            )
+            return [NodeRecord(*row) for row in rows]
 
     def list_node_fields(
         self,
