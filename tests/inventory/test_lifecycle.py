@@ -100,6 +100,16 @@ def test_verify_failing_goes_back_to_enroll_with_last_error(store: Store) -> Non
     assert (after.provision_state, after.last_error) == (st.MANAGEABLE, None)
 
 
+def test_a_failure_always_says_something(store: Store) -> None:
+    node = store.create_node("fake", provision_state=st.AVAILABLE)
+    after = process_event(
+        store, node.uuid, "deploy", holder="c1", driver_work=lambda _n, _s: "fail"
+    )
+    assert after.provision_state == st.DEPLOYFAIL
+    assert after.last_error == '"deploy" failed in state "deploying" (the driver gave no reason)'
+    assert store.list_history(node.uuid)[-1].severity == "ERROR"
+
+
 def test_driver_work_raising_leaves_the_node_unchanged(store: Store) -> None:
     node = store.create_node("fake", provision_state=st.AVAILABLE)
 

@@ -133,10 +133,13 @@ def process_event(
             except Exception as exc:
                 _record_failure(store, before, holder, event, new, exc, user, at)
                 raise
-            if outcome.last_error is not None:
-                last_error = outcome.last_error
+            reason = outcome.last_error
+            if reason is None and outcome.event == Event.FAIL:
+                reason = f'"{event}" failed in state "{new}" (the driver gave no reason)'
+            if reason is not None:
+                last_error = reason
                 history[-1] = HistoryEntry(
-                    f"{history[-1].event}: {outcome.last_error}",
+                    f"{history[-1].event}: {reason}",
                     HistoryType.TRANSITION,
                     SEVERITY_ERROR,
                 )
