@@ -99,7 +99,7 @@ def _sigterm(_signum: int, _frame: FrameType | None) -> None:
 @click.option(
     "--workdir",
     type=click.Path(path_type=Path, file_okay=False),
-    help="Where logs, consoles and lab.pcap go (default: a new /tmp/pxeforge-lab-*).",
+    help="Where logs, consoles and lab.pcap go (default: /tmp/pxeforge-lab-<namespace>).",
 )
 @click.option("--cmdline", default="", help="Extra kernel parameters for the guest.")
 @click.option(

@@ -259,7 +259,8 @@ class Lab:
         self.report = report
         self.name = netns.unique_name()
         self.token = config.token or secrets.token_hex(6)
-        self.workdir = config.workdir or Path(tempfile.mkdtemp(prefix="pxeforge-lab-"))
+        # created by start(), not here: a constructor touches no disk
+        self.workdir = config.workdir or Path(tempfile.gettempdir(), f"pxeforge-lab-{self.name}")
         self.cache_dir = config.cache_dir or guest_mod.default_cache_dir()
         self.net = netns.LabNetwork(
             self.name, taps=tuple(f"tap{i}" for i in range(config.vms)), address=config.address
@@ -267,7 +268,7 @@ class Lab:
         self.pcap = self.workdir / "lab.pcap"
         self.server_log = self.workdir / "server.log"
         self.capture = Capture(self.name, self.net.bridge, self.pcap, self.workdir / "tcpdump.log")
-        self.server: Any = None  # subprocess.Popen[bytes]
+        self.server: subprocess.Popen[bytes] | None = None
         self.vms: list[Vm] = []
         self.guest: guest_mod.Guest | None = None
         self.root: Path | None = None
@@ -323,6 +324,9 @@ class Lab:
         self.root = prepare_root(self.cache_dir, log=lambda m: self._say("setup", m))
         if self.accel == "auto":
             self.accel = "kvm" if probe_kvm() else "tcg"
+        stale = netns.stale_namespaces()
+        if stale:
+            self._say("setup", f"left over by dead lab runs (ip netns del NAME): {' '.join(stale)}")
         netns.create(self.net)
         self._created = True
         self._say("setup", f"namespace {self.name}: {self.net.bridge} {self.config.address}")
@@ -393,6 +397,8 @@ class Lab:
         return self._result(watches, path)
 
     def _watch(self, watches: dict[str, _Watch]) -> None:
+        server = self.server
+        assert server is not None
         reader = PcapReader()
         pcap_pos = 0
         deadline = time.monotonic() + self.config.timeout
@@ -434,7 +440,7 @@ class Lab:
                 next_poll = now + _CALLBACK_POLL
                 self._poll_callbacks(watches)
             # 4. verdicts
-            server_dead = self.server.poll() is not None
+            server_dead = server.poll() is not None
             for w in watches.values():
                 if w.verdict is not None:
                     continue
@@ -448,7 +454,7 @@ class Lab:
                         w.vm.spec.name,
                     )
                 elif server_dead:
-                    w.verdict = (False, f"pxeforge serve died ({self.server.returncode})")
+                    w.verdict = (False, f"pxeforge serve died ({server.returncode})")
                 elif w.marker_failed:
                     w.verdict = (False, f"guest: {w.marker_failed}")
                 elif w.exited_at is not None and now - w.exited_at > _EXIT_GRACE:
