@@ -73,6 +73,15 @@ def run_pxeforge(args: argparse.Namespace, lab: Lab) -> str:
     commits = stats["stats"].get("commits", 0)
     acks = stats["stats"].get("REQUEST:ack", 0)
     extra = f"  [{acks} ACKs in {commits} commits]" if commits else ""
+    cpu = stats.get("cpu", {})
+    handled = sum(v for k, v in stats["stats"].items() if ":" in k)
+    if cpu and handled:
+        used = cpu["user"] + cpu["system"]
+        per = 1e6 / handled
+        extra += (
+            f"  [server CPU {used:.1f} s: {used * per:.0f} us per request"
+            f" (user {cpu['user'] * per:.0f}, system {cpu['system'] * per:.0f})]"
+        )
     return summary(name, args.rate, out) + extra
 
 

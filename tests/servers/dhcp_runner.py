@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from dataclasses import asdict
@@ -77,7 +78,12 @@ async def main(args: argparse.Namespace) -> None:
         await stop.wait()
     finally:
         await server.close()
-        _emit("STATS " + json.dumps({"stats": dict(server.stats), "dropped": server.dropped}))
+        t = os.times()
+        cpu = {"user": t.user, "system": t.system}
+        _emit(
+            "STATS "
+            + json.dumps({"stats": dict(server.stats), "dropped": server.dropped, "cpu": cpu})
+        )
 
 
 if __name__ == "__main__":
