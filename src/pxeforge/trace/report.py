@@ -195,6 +195,9 @@ def _event_lines(trace: Trace, ev: Event) -> list[Line]:
             style = "green" if detail.startswith("→ complete") else "yellow"
             if detail.startswith(("→ error", "→ no answer", "→ timed out")):
                 style = "red"
+        if detail.startswith("#"):  # a table row (config searches): never wrapped
+            out.append((" " * 21 + detail, style))
+            continue
         hang = 21 + (29 if len(detail) > 29 and detail[:3].strip().isdigit() else 2)
         out += [(line, style) for line in _wrap(" " * 21 + detail, 21, hang)]
     return out

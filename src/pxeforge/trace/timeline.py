@@ -260,7 +260,11 @@ def _dhcp_event(msg: DhcpMessage, client: str, seen: dict[tuple[str, str], int])
         if int(p.giaddr):
             header.append(f"relayed by {p.giaddr}")
     else:
-        proxy = "ProxyDHCP " if msg.proxy else ("PXE boot-server " if msg.boot_server_port else "")
+        proxy = (
+            "ProxyDHCP"
+            if msg.proxy
+            else ("PXE boot-server DHCP" if msg.boot_server_port else "DHCP")
+        )
         server_id = msg.server_id
         who = (
             str(msg.src)
@@ -281,7 +285,7 @@ def _dhcp_event(msg: DhcpMessage, client: str, seen: dict[tuple[str, str], int])
         message = p.text(Option.MESSAGE)
         if message:
             what.append(f'message "{message}"')
-        summary = f"{proxy}DHCP {msg.kind} from {who} → {msg.dst}:{msg.dport}: " + ", ".join(what)
+        summary = f"{proxy} {msg.kind} from {who} → {msg.dst}:{msg.dport}: " + ", ".join(what)
         header = [f"xid {p.xid:#010x}"]
         sname = p.sname.split(b"\0", 1)[0].decode("latin-1")
         file_field = p.file.split(b"\0", 1)[0].decode("latin-1")
@@ -534,7 +538,14 @@ def _searches(client: str, transfers: Sequence[TftpTransfer]) -> list[ConfigSear
 def _search_event(s: ConfigSearch, uuid: str | None, mac: str, ips: Iterable[IPv4Address]) -> Event:
     first = s.transfers[0]
     details: list[str] = []
-    for t, step in zip(s.transfers, s.steps, strict=True):
+    dirs = {t.filename.rpartition("/")[0] for t in s.transfers}
+    common = dirs.pop() if len(dirs) == 1 else None
+    if common:
+        details.append(f"in {common}/:")
+    names = [t.filename.rpartition("/")[2] if common else t.filename for t in s.transfers]
+    name_width = min(max(len(n) for n in names), 48)
+    step_width = max(len(step) for step in s.steps)
+    for t, name, step in zip(s.transfers, names, s.steps, strict=True):
         if t.ending == Ending.ERROR and t.failure is not None:
             result = f"ERROR {t.failure.code}"
         elif _served(t):
@@ -542,7 +553,9 @@ def _search_event(s: ConfigSearch, uuid: str | None, mac: str, ips: Iterable[IPv
         else:
             result = str(t.ending)
         check = _check_step(step, t.filename, uuid, mac, ips)
-        details.append(f"#{t.request_frame:<5} {t.filename:<52} {step:<16} {result}{check}")
+        details.append(
+            f"#{t.request_frame:<6} {name:<{name_width}}  {step:<{step_width}}  {result}{check}"
+        )
     data = {
         "loader": s.loader,
         "steps": list(s.steps),
