@@ -682,6 +682,7 @@ def exchange(
     return out
 
 
+@pytest.mark.root
 @needs_netns
 def test_netns_relay_and_malformed() -> None:
     relay = A("10.77.0.50")
@@ -725,6 +726,7 @@ def test_netns_relay_and_malformed() -> None:
     assert stats["stats"]["REQUEST:ack"] == 1 and stats["stats"]["REQUEST:nak"] == 1
 
 
+@pytest.mark.root
 @needs_netns
 def test_netns_proxy_mode() -> None:
     settings_ = {
@@ -805,6 +807,7 @@ while time.monotonic() < deadline:
 """
 
 
+@pytest.mark.root
 @needs_netns
 def test_netns_sigkill_mid_burst_keeps_every_acked_lease(tmp_path: Path) -> None:
     """kill -9 while ACKs are flowing: every lease a client saw ACKed is in the database."""
