@@ -18,13 +18,20 @@ from typing import Any
 from pxeforge.boot.machine import normalize_mac
 from pxeforge.errors import ConfigError
 
-__all__ = ["BootMethod", "DhcpMode", "Settings", "load_toml", "parse_pool"]
+__all__ = ["ApiAuth", "BootMethod", "DhcpMode", "Settings", "load_toml", "parse_pool"]
 
 
 class DhcpMode(enum.Enum):
     FULL = "full"  # hand out addresses from --pool
     PROXY = "proxy"  # ProxyDHCP: boot info only, beside an existing DHCP server (67 and 4011)
     OFF = "off"  # no DHCP; another server points clients at us
+
+
+class ApiAuth(enum.Enum):
+    """How the REST API authenticates callers (Ironic's ``[DEFAULT]auth_strategy`` names)."""
+
+    HTTP_BASIC = "http_basic"  # an htpasswd file (bcrypt) under --data-dir, created on first start
+    NOAUTH = "noauth"  # no authentication: only when asked for (the lab, on loopback)
 
 
 class BootMethod(enum.Enum):
@@ -65,6 +72,16 @@ class Settings:
     tftp_retries: int = 5  # give up after this many retransmits of one window
     tftp_max_blksize: int = 65464  # RFC 2348 upper bound; clients rarely ask above 1468
     tftp_max_windowsize: int = 64  # RFC 7440; what we grant at most
+    # inventory and REST API (Ironic's option names and defaults)
+    api_port: int = 6385  # Ironic's port
+    api_auth: ApiAuth = ApiAuth.HTTP_BASIC  # noauth only when asked for
+    db_url: str | None = None  # SQLAlchemy URL; None: sqlite:///<data_dir>/pxeforge.db
+    deploy_callback_timeout: float = 1800.0  # [conductor]deploy_callback_timeout; 0: forever
+    inspect_wait_timeout: float = 1800.0  # [conductor]inspect_wait_timeout
+    clean_callback_timeout: float = 1800.0  # [conductor]clean_callback_timeout
+    heartbeat_interval: float = 10.0  # [conductor]heartbeat_interval, seconds
+    heartbeat_timeout: float = 60.0  # [conductor]heartbeat_timeout: a silent conductor is dead
+    check_provision_state_interval: float = 60.0  # [conductor]…: how often waits are checked
 
     @property
     def http_base(self) -> str:
@@ -106,6 +123,25 @@ def _coerce(name: str, value: Any) -> Any:
                 return DhcpMode(value)
             case "boot_method":
                 return BootMethod(value)
+            case "api_auth":
+                return ApiAuth(value)
+            case (
+                "deploy_callback_timeout"
+                | "inspect_wait_timeout"
+                | "clean_callback_timeout"
+                | "heartbeat_interval"
+                | "heartbeat_timeout"
+                | "check_provision_state_interval"
+            ):
+                return float(value)
+            case "api_port":
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise TypeError(f"expected an integer port, got {value!r}")
+                return value
+            case "db_url":
+                if not isinstance(value, str):
+                    raise TypeError(f"expected a URL string, got {value!r}")
+                return value
             case "root" | "data_dir" | "kernel":
                 return Path(value)
             case "initrds":

@@ -15,8 +15,9 @@ from pxeforge.inventory import db
 from pxeforge.inventory.models import Base
 from pxeforge.inventory.store import Store
 
+HEAD = "0002"  # the newest migration
 REPO = Path(__file__).resolve().parents[2]
-TABLES = {"alembic_version", "conductors", "node_history", "nodes", "ports"}
+TABLES = {"alembic_version", "conductors", "node_history", "node_inventory", "nodes", "ports"}
 
 
 def test_migrations_match_the_models(db_url: str) -> None:
@@ -26,7 +27,7 @@ def test_migrations_match_the_models(db_url: str) -> None:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
             assert set(inspect(conn).get_table_names()) == TABLES
-        assert db.current_revision(engine) == "0001"
+        assert db.current_revision(engine) == HEAD
     finally:
         engine.dispose()
 
@@ -41,7 +42,7 @@ def test_upgrade_is_idempotent_and_reversible(db_url: str) -> None:
         assert db.current_revision(engine) is None
         assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
         db.upgrade(engine)
-        assert db.current_revision(engine) == "0001"
+        assert db.current_revision(engine) == HEAD
         assert Store(engine).list_nodes() == []
     finally:
         engine.dispose()
@@ -65,7 +66,7 @@ def test_concurrent_upgrades(db_url: str) -> None:
         t.join(timeout=120)
     try:
         assert errors == []
-        assert db.current_revision(engines[0]) == "0001"
+        assert db.current_revision(engines[0]) == HEAD
     finally:
         for e in engines:
             e.dispose()
@@ -76,7 +77,7 @@ def test_upgrade_by_url(tmp_path: Path) -> None:
     db.upgrade(url)
     engine = db.make_engine(url)
     try:
-        assert db.current_revision(engine) == "0001"
+        assert db.current_revision(engine) == HEAD
     finally:
         engine.dispose()
 

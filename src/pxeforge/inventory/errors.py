@@ -11,12 +11,14 @@
         │   └── NodeNotLocked          400: release() by someone who does not hold the lock
         ├── NotFound                   404
         │   ├── NodeNotFound           404: no node with that UUID or name
+        │   ├── NodeInventoryNotFound  404: no inventory stored for the node (yet)
         │   └── PortNotFound           404: no port with that UUID or address
         └── Conflict                   409: the request is fine but clashes with current data
             ├── NodeLocked             409: another conductor holds the node's lock; retry later
             ├── InvalidState           409: the node's state forbids this (delete, concurrent edit)
             ├── NodeAlreadyExists      409: UUID taken
             ├── DuplicateName          409: name taken
+            ├── InstanceAssociated     409: instance_uuid already used by another node
             ├── PortAlreadyExists      409: port UUID taken
             └── MACAlreadyExists       409: a port with this MAC exists
 
@@ -37,6 +39,7 @@ __all__ = [
     "Conflict",
     "DuplicateName",
     "Invalid",
+    "InstanceAssociated",
     "InvalidMAC",
     "InvalidParameterValue",
     "InvalidState",
@@ -46,6 +49,7 @@ __all__ = [
     "InventoryError",
     "MACAlreadyExists",
     "NodeAlreadyExists",
+    "NodeInventoryNotFound",
     "NodeLocked",
     "NodeNotFound",
     "NodeNotLocked",
@@ -160,6 +164,12 @@ class NodeNotFound(NotFound):
         self.node = node
 
 
+class NodeInventoryNotFound(NotFound):
+    def __init__(self, node: object) -> None:
+        super().__init__(f"Node inventory for node {node} could not be found.")
+        self.node = node
+
+
 class PortNotFound(NotFound):
     def __init__(self, port: object) -> None:
         super().__init__(f"Port {port} could not be found.")
@@ -192,6 +202,16 @@ class DuplicateName(Conflict):
     def __init__(self, name: str) -> None:
         super().__init__(f"A node with name {name} already exists.")
         self.name = name
+
+
+class InstanceAssociated(Conflict):
+    def __init__(self, instance_uuid: str, node: str) -> None:
+        super().__init__(
+            f"Instance {instance_uuid} is already associated with a node, it cannot be "
+            f"associated with this other node {node}"
+        )
+        self.instance_uuid = instance_uuid
+        self.node = node
 
 
 class PortAlreadyExists(Conflict):

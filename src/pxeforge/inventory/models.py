@@ -17,13 +17,33 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    false,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["Base", "Conductor", "JsonDict", "Node", "NodeHistory", "Port", "UTCDateTime"]
+__all__ = [
+    "Base",
+    "Conductor",
+    "JsonDict",
+    "Node",
+    "NodeHistory",
+    "NodeInventory",
+    "Port",
+    "UTCDateTime",
+]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_name)s",
@@ -98,6 +118,36 @@ class Node(Base):
     provision_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     inspection_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     inspection_finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # added by migration 0002: the rest of what the REST API shows and sets
+    bios_interface: Mapped[str | None] = mapped_column(String(255))
+    console_interface: Mapped[str | None] = mapped_column(String(255))
+    firmware_interface: Mapped[str | None] = mapped_column(String(255))
+    inspect_interface: Mapped[str | None] = mapped_column(String(255))
+    network_interface: Mapped[str | None] = mapped_column(String(255))
+    raid_interface: Mapped[str | None] = mapped_column(String(255))
+    rescue_interface: Mapped[str | None] = mapped_column(String(255))
+    storage_interface: Mapped[str | None] = mapped_column(String(255))
+    vendor_interface: Mapped[str | None] = mapped_column(String(255))
+    resource_class: Mapped[str | None] = mapped_column(String(80))
+    description: Mapped[str | None] = mapped_column(Text)
+    owner: Mapped[str | None] = mapped_column(String(255))
+    lessee: Mapped[str | None] = mapped_column(String(255))
+    conductor_group: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    instance_uuid: Mapped[str | None] = mapped_column(String(36), unique=True)
+    automated_clean: Mapped[bool | None] = mapped_column(Boolean)
+    protected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    protected_reason: Mapped[str | None] = mapped_column(Text)
+    retired: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    retired_reason: Mapped[str | None] = mapped_column(Text)
+    disable_power_off: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    shard: Mapped[str | None] = mapped_column(String(255))
+    parent_node: Mapped[str | None] = mapped_column(String(36))
+    fault: Mapped[str | None] = mapped_column(String(255))
+    boot_mode: Mapped[str | None] = mapped_column(String(16))
+    secure_boot: Mapped[bool | None] = mapped_column(Boolean)
+    network_data: Mapped[dict[str, Any] | None] = mapped_column(JsonDict)
+    raid_config: Mapped[dict[str, Any] | None] = mapped_column(JsonDict)
+    target_raid_config: Mapped[dict[str, Any] | None] = mapped_column(JsonDict)
 
 
 class Port(Base):
@@ -132,6 +182,19 @@ class NodeHistory(Base):
     severity: Mapped[str | None] = mapped_column(String(255))
     user: Mapped[str | None] = mapped_column(String(64))
     conductor: Mapped[str | None] = mapped_column(String(255))
+
+
+class NodeInventory(Base):
+    """The hardware inventory a node's inspection stored (``GET …/inventory``), one per node."""
+
+    __tablename__ = "node_inventory"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), unique=True)
+    inventory_data: Mapped[dict[str, Any]] = mapped_column(JsonDict)
+    plugin_data: Mapped[dict[str, Any]] = mapped_column(JsonDict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Conductor(Base):

@@ -43,6 +43,36 @@ class NodeRecord:
     provision_updated_at: datetime | None
     inspection_started_at: datetime | None
     inspection_finished_at: datetime | None
+    # added with migration 0002
+    bios_interface: str | None
+    console_interface: str | None
+    firmware_interface: str | None
+    inspect_interface: str | None
+    network_interface: str | None
+    raid_interface: str | None
+    rescue_interface: str | None
+    storage_interface: str | None
+    vendor_interface: str | None
+    resource_class: str | None
+    description: str | None
+    owner: str | None
+    lessee: str | None
+    conductor_group: str
+    instance_uuid: str | None
+    automated_clean: bool | None
+    protected: bool
+    protected_reason: str | None
+    retired: bool
+    retired_reason: str | None
+    disable_power_off: bool
+    shard: str | None
+    parent_node: str | None
+    fault: str | None
+    boot_mode: str | None
+    secure_boot: bool | None
+    network_data: dict[str, Any] | None
+    raid_config: dict[str, Any] | None
+    target_raid_config: dict[str, Any] | None
 
     @property
     def ident(self) -> str:

@@ -44,11 +44,13 @@ from pxeforge.boot.machine import normalize_mac
 from pxeforge.inventory import db
 from pxeforge.inventory.errors import (
     DuplicateName,
+    InstanceAssociated,
     InvalidParameterValue,
     InvalidState,
     InvalidUUID,
     MACAlreadyExists,
     NodeAlreadyExists,
+    NodeInventoryNotFound,
     NodeLocked,
     NodeNotFound,
     NodeNotLocked,
@@ -57,7 +59,7 @@ from pxeforge.inventory.errors import (
 )
 from pxeforge.inventory.errors import InvalidMAC as InvalidMACError
 from pxeforge.inventory.machine import advance, next_target
-from pxeforge.inventory.models import Conductor, Node, NodeHistory, Port
+from pxeforge.inventory.models import Conductor, Node, NodeHistory, NodeInventory, Port
 from pxeforge.inventory.records import (
     NODE_FIELDS,
     HistoryRecord,
@@ -111,10 +113,41 @@ _MANAGED_FIELDS: Final = frozenset(
     }
 )
 _JSON_NODE_FIELDS: Final = frozenset(
-    {"driver_info", "properties", "instance_info", "driver_internal_info", "extra"}
+    {
+        "driver_info",
+        "properties",
+        "instance_info",
+        "driver_internal_info",
+        "extra",
+        "network_data",
+        "raid_config",
+        "target_raid_config",
+    }
+)
+_NULLABLE_JSON_NODE_FIELDS: Final = frozenset({"network_data", "raid_config", "target_raid_config"})
+_MATCHABLE_NODE_FIELDS: Final = frozenset(
+    {"resource_class", "conductor_group", "owner", "lessee", "fault", "retired", "shard"}
 )
 _SORT_KEYS: Final = tuple(f for f in NODE_FIELDS if f not in _JSON_NODE_FIELDS)
 _NODE_COLUMNS: Final = tuple(getattr(Node, f) for f in NODE_FIELDS)  # NodeRecord field order
+_CREATE_ARGUMENTS: Final = frozenset(
+    {
+        "name",
+        "driver",
+        "driver_info",
+        "properties",
+        "instance_info",
+        "driver_internal_info",
+        "extra",
+        "power_state",
+        "maintenance",
+        "maintenance_reason",
+        "boot_interface",
+        "deploy_interface",
+        "power_interface",
+        "management_interface",
+    }
+)
 _PORT_CHANGEABLE: Final = frozenset(
     {"address", "node", "pxe_enabled", "local_link_connection", "extra"}
 )
@@ -209,6 +242,8 @@ def _check_changes(changes: Mapping[str, Any]) -> None:
     if managed:
         raise InvalidParameterValue(f"Node field(s) managed by pxeforge: {', '.join(managed)}")
     for name in _JSON_NODE_FIELDS & set(changes):
+        if changes[name] is None and name in _NULLABLE_JSON_NODE_FIELDS:
+            continue
         if not isinstance(changes[name], dict):
             raise InvalidParameterValue(f"Node field {name} must be a JSON object")
 
@@ -269,9 +304,19 @@ class Store:
         deploy_interface: str | None = None,
         power_interface: str | None = None,
         management_interface: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
         now: datetime | None = None,
     ) -> NodeRecord:
-        """Enroll a node (in ``enroll`` unless told otherwise). Duplicate UUID or name: 409."""
+        """Enroll a node (in ``enroll`` unless told otherwise). Duplicate UUID or name: 409.
+
+        ``attributes``: other node fields to set at creation (``resource_class``,
+        ``description``, ``network_interface``…; not the provision-state fields).
+        """
+        more = dict(attributes or {})
+        _check_changes(more)
+        clash = sorted(set(more) & _CREATE_ARGUMENTS)
+        if clash:
+            raise InvalidParameterValue(f"Pass {', '.join(clash)} as arguments, not attributes")
         node_uuid = _check_uuid(uuid) if uuid is not None else str(uuidlib.uuid4())
         if name is not None and _is_uuid(name):
             raise InvalidParameterValue(f"A node name cannot be a UUID: {name}")
@@ -299,6 +344,7 @@ class Store:
             power_interface=power_interface,
             management_interface=management_interface,
             created_at=_now(now),
+            **more,
         )
         try:
             with self._writing() as session:
@@ -308,6 +354,8 @@ class Store:
         except IntegrityError as exc:
             if _unique_violation(exc, "nodes", "name"):
                 raise DuplicateName(str(name)) from None
+            if _unique_violation(exc, "nodes", "instance_uuid"):
+                raise InstanceAssociated(str(more.get("instance_uuid")), node_uuid) from None
             raise NodeAlreadyExists(node_uuid) from None
 
     def get_node(self, ident: str | int) -> NodeRecord:
@@ -328,6 +376,8 @@ class Store:
         power_state: str | None,
         reserved: bool | None,
         reservation: str | None,
+        associated: bool | None,
+        match: Mapping[str, Any] | None,
         limit: int | None,
         marker: str | None,
         sort_key: str,
@@ -358,6 +408,14 @@ class Store:
             where.append(Node.reservation.is_not(None) if reserved else Node.reservation.is_(None))
         if reservation is not None:
             where.append(Node.reservation == reservation)
+        if associated is not None:
+            where.append(
+                Node.instance_uuid.is_not(None) if associated else Node.instance_uuid.is_(None)
+            )
+        for name, value in (match or {}).items():
+            if name not in _MATCHABLE_NODE_FIELDS:
+                raise InvalidParameterValue(f"Cannot filter nodes by {name}")
+            where.append(getattr(Node, name) == value)
         column = getattr(Node, sort_key)
         ascending = sort_dir == "asc"
         if marker is not None:
@@ -396,12 +454,19 @@ class Store:
         power_state: str | None = None,
         reserved: bool | None = None,
         reservation: str | None = None,
+        associated: bool | None = None,
+        match: Mapping[str, Any] | None = None,
         limit: int | None = None,
         marker: str | None = None,
         sort_key: str = "id",
         sort_dir: str = "asc",
     ) -> list[NodeRecord]:
-        """One page of nodes matching every filter given (Ironic's limit/marker paging)."""
+        """One page of nodes matching every filter given (Ironic's limit/marker paging).
+
+        ``associated``: only nodes with (True) or without (False) an ``instance_uuid``;
+        ``match``: equality filters on ``resource_class``, ``conductor_group``, ``owner``,
+        ``lessee``, ``fault``, ``retired`` or ``shard``.
+        """
         with self._reading() as session:
             where, order, page = self._list_query(
                 session,
@@ -411,6 +476,8 @@ class Store:
                 power_state=power_state,
                 reserved=reserved,
                 reservation=reservation,
+                associated=associated,
+                match=match,
                 limit=limit,
                 marker=marker,
                 sort_key=sort_key,
@@ -432,6 +499,8 @@ class Store:
         power_state: str | None = None,
         reserved: bool | None = None,
         reservation: str | None = None,
+        associated: bool | None = None,
+        match: Mapping[str, Any] | None = None,
         limit: int | None = None,
         marker: str | None = None,
         sort_key: str = "id",
@@ -451,6 +520,8 @@ class Store:
                 power_state=power_state,
                 reserved=reserved,
                 reservation=reservation,
+                associated=associated,
+                match=match,
                 limit=limit,
                 marker=marker,
                 sort_key=sort_key,
@@ -491,6 +562,8 @@ class Store:
         except IntegrityError as exc:
             if _unique_violation(exc, "nodes", "name"):
                 raise DuplicateName(str(changes.get("name"))) from None
+            if _unique_violation(exc, "nodes", "instance_uuid"):
+                raise InstanceAssociated(str(changes.get("instance_uuid")), str(ident)) from None
             raise
 
     def delete_node(self, ident: str | int, *, holder: str | None = None) -> None:
@@ -737,6 +810,50 @@ class Store:
                 query = query.where(NodeHistory.id > marker_id)
             rows = session.scalars(query.order_by(NodeHistory.id).limit(page))
             return [HistoryRecord.from_row(row) for row in rows]
+
+    # -- inventory --------------------------------------------------------------------------
+
+    def save_inventory(
+        self,
+        node: str | int,
+        inventory: Mapping[str, Any],
+        plugin_data: Mapping[str, Any] | None = None,
+        *,
+        now: datetime | None = None,
+    ) -> None:
+        """Store (or replace) the hardware inventory inspection collected for ``node``."""
+        at = _now(now)
+        with self._writing() as session:
+            node_id = self._node(session, node).id
+            row = session.scalars(
+                select(NodeInventory).where(NodeInventory.node_id == node_id)
+            ).one_or_none()
+            if row is None:
+                session.add(
+                    NodeInventory(
+                        node_id=node_id,
+                        inventory_data=dict(inventory),
+                        plugin_data=dict(plugin_data or {}),
+                        created_at=at,
+                    )
+                )
+            else:
+                row.inventory_data = dict(inventory)
+                row.plugin_data = dict(plugin_data or {})
+                row.updated_at = at
+
+    def get_inventory(self, node: str | int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(inventory, plugin_data)`` of ``node``; `NodeInventoryNotFound` if none stored."""
+        with self._reading() as session:
+            row = self._node(session, node)
+            found = session.execute(
+                select(NodeInventory.inventory_data, NodeInventory.plugin_data).where(
+                    NodeInventory.node_id == row.id
+                )
+            ).one_or_none()
+            if found is None:
+                raise NodeInventoryNotFound(row.uuid)
+            return dict(found[0]), dict(found[1])
 
     # -- locks ------------------------------------------------------------------------------
 
