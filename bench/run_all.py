@@ -129,13 +129,15 @@ def main() -> None:
         facts["load average at start"] = loadavg()
         for module in MODULES:
             name = module.__name__
-            print(f"run_all: {name} (load {loadavg()})", file=sys.stderr, flush=True)
+            load = loadavg()
+            print(f"run_all: {name} (load {load})", file=sys.stderr, flush=True)
             try:
                 result: BenchResult = module.run(px, opts)
             except Exception as exc:
                 traceback.print_exc()
                 failures.append(f"{name}: {type(exc).__name__}: {exc}")
                 continue
+            result.details.append(f"\nLoad average (1, 5, 15 min) when it started: {load}.")
             results.append(result)
             if not a.no_profile and (opts.profile or result.missed()):
                 print(f"run_all: profiling pxeforge for {name}", file=sys.stderr, flush=True)
