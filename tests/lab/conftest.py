@@ -24,7 +24,7 @@ import pytest
 from pxeforge.config import BootMethod
 from pxeforge.lab import netns
 from pxeforge.lab.qemu import QEMU, VmFirmware
-from pxeforge.lab.run import LabConfig, LabResult, run_lab
+from pxeforge.lab.run import Lab, LabConfig, LabResult
 
 LabBoot = Callable[..., LabResult]
 
@@ -62,8 +62,15 @@ def _boot(
         workdir=workdir,
         cmdline=cmdline,
     )
-    result = run_lab(config, report=print)
-    assert not netns.exists(result.namespace), f"the lab left {result.namespace} behind"
+    lab = Lab(config, report=print)
+    try:
+        with lab:
+            result = lab.boot()
+    finally:
+        # Lab tears itself down; this is the safety net the test suite relies on anyway
+        leaked = netns.exists(lab.name)
+        lab.close()
+    assert not leaked, f"the lab left its namespace {lab.name} behind"
     return result
 
 
