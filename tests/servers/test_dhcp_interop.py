@@ -12,8 +12,10 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterable
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -30,10 +32,20 @@ need_dhclient = pytest.mark.skipif(shutil.which("dhclient") is None, reason="dhc
 
 POOL = (IPv4Address("10.77.0.100"), IPv4Address("10.77.0.119"))
 PXE_BIOS = "PXEClient:Arch:00000:UNDI:002001"
+T = TypeVar("T")
 
 
 def in_pool(ip: str) -> bool:
     return POOL[0] <= IPv4Address(ip) <= POOL[1]
+
+
+def _dedup(items: Iterable[T]) -> list[T]:
+    """Collapse consecutive repeats (a retransmitted request answered twice)."""
+    out: list[T] = []
+    for item in items:
+        if not out or out[-1] != item:
+            out.append(item)
+    return out
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -101,10 +113,11 @@ def test_udhcpc_pxe_clients_get_addresses_and_boot_file(tmp_path: Path) -> None:
             stats2 = server.stop()
         finally:
             server.close()
-    assert stats["stats"]["DISCOVER:offer"] == 2 and stats["stats"]["REQUEST:ack"] == 2
-    assert stats2["stats"]["REQUEST:ack"] == 1
+    # (">=": a client on a loaded machine may retransmit)
+    assert stats["stats"]["DISCOVER:offer"] >= 2 and stats["stats"]["REQUEST:ack"] >= 2
+    assert stats2["stats"]["REQUEST:ack"] >= 1
     acks = [e for e in server.events if e["outcome"] == "ack"]
-    assert [e["ip"] for e in acks] == [env["ip"], env2["ip"], env["ip"]]
+    assert _dedup(e["ip"] for e in acks) == [env["ip"], env2["ip"], env["ip"]]
     assert all(e["loader"] == "pxelinux.0" and e["arch"] == 0 for e in acks)
 
 
@@ -223,8 +236,8 @@ def test_dhclient_lease_boot_file_and_init_reboot_after_restart(tmp_path: Path) 
             stats = server.stop()
         finally:
             server.close()
-    after = server.events[before:]
-    assert [(e["type"], e["outcome"], e["ip"]) for e in after] == [
+    after = _dedup((e["type"], e["outcome"], e["ip"]) for e in server.events[before:])
+    assert after == [
         ("REQUEST", "ack", ip),  # no DISCOVER: the REQUEST was ACKed from the lease on disk
         ("RELEASE", "released", ip),
     ]
