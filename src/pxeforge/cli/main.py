@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, str] = {
     "serve": "pxeforge.cli.serve:serve",
     "assets": "pxeforge.cli.assets:assets",
     "lab": "pxeforge.cli.lab:lab",
+    "ramdisk": "pxeforge.cli.ramdisk:ramdisk",
     "trace": "pxeforge.cli.trace:trace",
 }
 
