@@ -198,6 +198,44 @@ def test_errors_exit_1_with_a_clear_message(image: Path, tmp_path: Path) -> None
     assert garbage.read_bytes() == b"this is not an initramfs"
 
 
+def _huge_member() -> bytes:
+    rec = bytearray(write_archive([Entry.file("f", b"")], block_size=4))
+    rec[54:62] = b"FFFFFFFF"  # filesize: 4 GiB, with no data behind it
+    return bytes(rec)
+
+
+def hostile(outside: Path) -> dict[str, tuple[bytes, str]]:
+    return {
+        "dotdot": (write_archive([Entry.file("a/../../x", b"x")]), "climbs out"),
+        "absolute": (write_archive([Entry.file("/etc/pxeforge-x", b"x")]), "absolute name"),
+        "symlink-then-file": (
+            write_archive([Entry.symlink("s", str(outside)), Entry.file("s/x", b"x")]),
+            "would be written through the symlink 's'",
+        ),
+        "symlink-climbs": (write_archive([Entry.symlink("s", "../../..")]), "points outside"),
+        "huge-member": (_huge_member(), "exceeds the 1073741824-byte limit"),
+        "bomb": (gzip.compress(bytes(4 << 20)), "more than 1000000 bytes"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["dotdot", "absolute", "symlink-then-file", "symlink-climbs", "huge-member", "bomb"]
+)
+def test_hostile_images_exit_1_and_write_nothing(tmp_path: Path, case: str) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    data, message = hostile(outside)[case]
+    img = tmp_path / "hostile.img"
+    img.write_bytes(data)
+    out = tmp_path / "out"
+    result = run("unpack", "--max-size", "1000000", img, out)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("Error: ") and message in result.stderr, result.stderr
+    assert not out.exists() and list(outside.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hostile.img", "outside"]
+    assert not Path("/etc/pxeforge-x").exists()
+
+
 def test_main_cli_knows_the_group(image: Path) -> None:
     result = CliRunner().invoke(cli, ["ramdisk", "ls", str(image)])
     assert result.exit_code == 0 and "segment 1:" in result.stdout
