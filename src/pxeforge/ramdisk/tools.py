@@ -435,10 +435,12 @@ def pack(
             lvl = level if level is not None else (last.level if kind is last.compression else None)
             streams = (*layout.streams[:-1], dataclasses.replace(last, compression=kind, level=lvl))
             layout = dataclasses.replace(layout, streams=streams)
-    for s in layout.streams:
+    for i, s in enumerate(layout.streams):
         if s.compression not in WRITABLE:
+            fix = "--compress" if i == len(layout.streams) - 1 else "--flat"
             raise AssetError(
-                f"writing {s.compression.value} is not supported; choose another with --compress"
+                f"the layout's stream {i} is {s.compression.value}, which pxeforge cannot "
+                f"write; choose another compression with {fix}"
             )
         check_level(s.compression, s.level)
     tree = _walk(root)
