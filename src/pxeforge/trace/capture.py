@@ -4,7 +4,14 @@ Theory of operation
 -------------------
 `Capture.open` maps the file (or takes bytes: `Capture.from_bytes`) and `Capture.segments`
 walks it once, lazily, so a capture of a multi-gigabyte transfer is never held in memory as
-Python objects. Each layer is decoded with dpkt's header classes and bounds-checked here:
+Python objects. Every length is bounds-checked before it is used.
+
+dpkt reads what occurs once per file or section — the pcap file header, pcapng section and
+interface blocks with their options — and names the layouts. The per-packet headers (pcap
+record, pcapng packet block, Ethernet, SLL, IPv4, UDP, TCP) are fixed layouts read with
+precompiled structs: dpkt's generic `Packet` classes cost about 10 µs per header, which made
+a 140,000-frame TFTP capture take 13 s to read; the structs bring the whole trace to a few µs
+per frame.
 
 * **Containers.** pcap (libpcap savefile: micro- or nanosecond magic, either byte order,
   the "modified" Kuznetzov header) and pcapng (sections in either byte order, several
@@ -158,22 +165,48 @@ class CaptureStats:
             self.notes.append("… further notes suppressed")
 
 
+_MACS: dict[bytes, str] = {}
+_ADDRESSES: dict[bytes, IPv4Address] = {}
+_CACHE_MAX = 65536
+
+
 def _mac(raw: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in raw)
+    """``aa:bb:cc:dd:ee:ff`` (memoised: a capture holds few distinct MACs)."""
+    text = _MACS.get(raw)
+    if text is None:
+        text = raw.hex(":")
+        if len(_MACS) < _CACHE_MAX:
+            _MACS[raw] = text
+    return text
+
+
+def _address(raw: bytes) -> IPv4Address:
+    address = _ADDRESSES.get(raw)
+    if address is None:
+        address = IPv4Address(raw)
+        if len(_ADDRESSES) < _CACHE_MAX:
+            _ADDRESSES[raw] = address
+    return address
 
 
 # --------------------------------------------------------------------------------------------
 # containers
 
 
+# Record headers (dpkt.pcap.PktHdr / PktModHdr layouts): seconds, fraction, caplen, len[, …]
+_REC_BE, _REC_LE = struct.Struct(">IIII"), struct.Struct("<IIII")
+_REC_MOD_BE, _REC_MOD_LE = struct.Struct(">IIIIIHBB"), struct.Struct("<IIIIIHBB")
 _PCAP_MAGICS = {
-    dpkt.pcap.TCPDUMP_MAGIC: (dpkt.pcap.FileHdr, dpkt.pcap.PktHdr, 1e6),
-    dpkt.pcap.TCPDUMP_MAGIC_NANO: (dpkt.pcap.FileHdr, dpkt.pcap.PktHdr, 1e9),
-    dpkt.pcap.MODPCAP_MAGIC: (dpkt.pcap.FileHdr, dpkt.pcap.PktModHdr, 1e6),
-    dpkt.pcap.PMUDPCT_MAGIC: (dpkt.pcap.LEFileHdr, dpkt.pcap.LEPktHdr, 1e6),
-    dpkt.pcap.PMUDPCT_MAGIC_NANO: (dpkt.pcap.LEFileHdr, dpkt.pcap.LEPktHdr, 1e9),
-    dpkt.pcap.PACPDOM_MAGIC: (dpkt.pcap.LEFileHdr, dpkt.pcap.LEPktModHdr, 1e6),
+    dpkt.pcap.TCPDUMP_MAGIC: (dpkt.pcap.FileHdr, _REC_BE, 1e6),
+    dpkt.pcap.TCPDUMP_MAGIC_NANO: (dpkt.pcap.FileHdr, _REC_BE, 1e9),
+    dpkt.pcap.MODPCAP_MAGIC: (dpkt.pcap.FileHdr, _REC_MOD_BE, 1e6),
+    dpkt.pcap.PMUDPCT_MAGIC: (dpkt.pcap.LEFileHdr, _REC_LE, 1e6),
+    dpkt.pcap.PMUDPCT_MAGIC_NANO: (dpkt.pcap.LEFileHdr, _REC_LE, 1e9),
+    dpkt.pcap.PACPDOM_MAGIC: (dpkt.pcap.LEFileHdr, _REC_MOD_LE, 1e6),
 }
+# pcapng packet blocks after type and length (EPB: interface id u32; PB: u16 + drops u16)
+_EPB = {True: struct.Struct("<IIIII"), False: struct.Struct(">IIIII")}
+_PB = {True: struct.Struct("<HHIIII"), False: struct.Struct(">HHIIII")}
 _PCAPNG_SHB = 0x0A0D0D0A
 _PCAPNG_BOM = 0x1A2B3C4D
 _PCAPNG_IDB = 1
@@ -194,11 +227,11 @@ class _Interface:
 
 def _pcap_frames(buf: bytes | mmap.mmap, stats: CaptureStats) -> Iterator[Frame]:
     (magic,) = struct.unpack_from(">I", buf, 0)
-    file_cls, rec_cls, divisor = _PCAP_MAGICS[magic]
+    file_cls, rec, divisor = _PCAP_MAGICS[magic]
     fh = file_cls(bytes(buf[:24]))
     link = int(fh.linktype) & 0xFFFF  # upper bits: FCS length (pcap "LINKTYPE_" field)
     stats.format = "pcap"
-    hdr_len = int(rec_cls.__hdr_len__)
+    hdr_len = rec.size
     pos, n, number = 24, len(buf), 0
     while pos < n:
         if pos + hdr_len > n:
@@ -207,8 +240,7 @@ def _pcap_frames(buf: bytes | mmap.mmap, stats: CaptureStats) -> Iterator[Frame]
                 f"{number} frames read"
             )
             return
-        hdr = rec_cls(bytes(buf[pos : pos + hdr_len]))
-        caplen, wire_len = int(hdr.caplen), int(hdr.len)
+        sec, frac, caplen, wire_len = rec.unpack_from(buf, pos)[:4]
         if caplen > MAX_RECORD:
             stats.note(
                 f"record {number + 1} at byte {pos} claims {caplen} bytes: corrupt file; "
@@ -223,9 +255,10 @@ def _pcap_frames(buf: bytes | mmap.mmap, stats: CaptureStats) -> Iterator[Frame]
             )
             return
         number += 1
-        ts = int(hdr.tv_sec) + int(hdr.tv_usec) / divisor
         pos = start + caplen
-        yield Frame(number, ts, link, bytes(buf[start:pos]), max(wire_len, caplen))
+        yield Frame(
+            number, sec + frac / divisor, link, bytes(buf[start:pos]), max(wire_len, caplen)
+        )
 
 
 def _idb_clock(idb: dpkt.pcapng.InterfaceDescriptionBlock, little: bool) -> tuple[float, int]:
@@ -278,6 +311,15 @@ def _pcapng_frames(buf: bytes | mmap.mmap, stats: CaptureStats) -> Iterator[Fram
         raw = bytes(buf[pos : pos + blen])
         pos += blen
         try:
+            if btype == _PCAPNG_SHB:
+                shb_cls = (
+                    dpkt.pcapng.SectionHeaderBlockLE if little else dpkt.pcapng.SectionHeaderBlock
+                )
+                shb = shb_cls(raw)
+                if int(shb.v_major) != 1:
+                    stats.note(f"pcapng version {shb.v_major}.{shb.v_minor} is unknown: stopped")
+                    return
+                continue
             if btype == _PCAPNG_IDB:
                 idb_cls = (
                     dpkt.pcapng.InterfaceDescriptionBlockLE
@@ -289,27 +331,24 @@ def _pcapng_frames(buf: bytes | mmap.mmap, stats: CaptureStats) -> Iterator[Fram
                 interfaces.append(_Interface(int(idb.linktype), int(idb.snaplen), divisor, offset))
                 continue
             if btype in (_PCAPNG_EPB, _PCAPNG_PB):
-                cls = {
-                    (_PCAPNG_EPB, True): dpkt.pcapng.EnhancedPacketBlockLE,
-                    (_PCAPNG_EPB, False): dpkt.pcapng.EnhancedPacketBlock,
-                    (_PCAPNG_PB, True): dpkt.pcapng.PacketBlockLE,
-                    (_PCAPNG_PB, False): dpkt.pcapng.PacketBlock,
-                }[(btype, little)]
-                block = cls(raw)
-                ifid = int(block.iface_id)
+                if btype == _PCAPNG_EPB:
+                    ifid, ts_high, ts_low, caplen, wire_len = _EPB[little].unpack_from(raw, 8)
+                else:
+                    ifid, _, ts_high, ts_low, caplen, wire_len = _PB[little].unpack_from(raw, 8)
+                if 28 + caplen > blen - 4:
+                    stats.note(f"packet block ending at byte {pos} overruns itself: skipped")
+                    continue
                 if ifid >= len(interfaces):
                     stats.note(f"packet block ending at byte {pos} names unknown interface {ifid}")
                     continue
                 iface = interfaces[ifid]
-                data = bytes(block.pkt_data)
-                ticks = (int(block.ts_high) << 32) | int(block.ts_low)
                 number += 1
                 yield Frame(
                     number,
-                    iface.offset + ticks / iface.divisor,
+                    iface.offset + ((ts_high << 32) | ts_low) / iface.divisor,
                     iface.link,
-                    data,
-                    max(int(block.pkt_len), len(data)),
+                    raw[28 : 28 + caplen],
+                    max(wire_len, caplen),
                 )
             elif btype == _PCAPNG_SPB:
                 if not interfaces:
@@ -416,6 +455,13 @@ class _Reassembler:
 _ETH_IPV4, _ETH_IPV6, _ETH_ARP = 0x0800, 0x86DD, 0x0806
 _ETH_VLAN = (0x8100, 0x88A8, 0x9100)
 _ETH_HEADER = struct.Struct("!6s6sH")  # IEEE 802.3: destination, source, ethertype
+# dpkt.sll.SLL: packet type, ARPHRD type, address length, address (8), protocol
+_SLL = struct.Struct("!HHH8sH")
+# dpkt.sll2.SLL2: protocol, reserved, interface index, ARPHRD type, packet type, length, address
+_SLL2 = struct.Struct("!HHiHBB8s")
+_IPV4 = struct.Struct("!BBHHHBBH4s4s")  # RFC 791 §3.1
+_UDP = struct.Struct("!HHHH")  # RFC 768
+_TCP = struct.Struct("!HHIIBB")  # RFC 9293 §3.1: ports, seq, ack, data offset, flags
 
 
 def _link_ipv4(frame: Frame, stats: CaptureStats) -> tuple[bytes, str | None, str | None] | None:
@@ -435,16 +481,17 @@ def _link_ipv4(frame: Frame, stats: CaptureStats) -> tuple[bytes, str | None, st
             off += 4
         payload = data[off:]
     elif link in (LinkType.LINUX_SLL, LinkType.LINUX_SLL2):
-        cls = dpkt.sll.SLL if link == LinkType.LINUX_SLL else dpkt.sll2.SLL2
-        size = int(cls.__hdr_len__)
-        if len(data) < size:
+        layout = _SLL if link == LinkType.LINUX_SLL else _SLL2
+        if len(data) < layout.size:
             stats.skipped["runt Linux cooked frame"] += 1
             return None
-        hdr = cls(data[:size])  # the header alone: dpkt leaves the (empty) payload undecoded
-        ethertype = int(hdr.ethtype)
-        if int(hdr.hlen) == 6:  # the sender's address, either direction
-            src_mac = _mac(bytes(hdr.hdr)[:6])
-        payload = data[size:]
+        if link == LinkType.LINUX_SLL:
+            _, _, hlen, addr, ethertype = layout.unpack_from(data)
+        else:
+            ethertype, _, _, _, _, hlen, addr = layout.unpack_from(data)
+        if hlen == 6:  # the sender's address, either direction
+            src_mac = _mac(addr[:6])
+        payload = data[layout.size :]
     elif link in (LinkType.RAW, LinkType.IPV4):
         ethertype = _ETH_IPV4 if data[:1] and data[0] >> 4 == 4 else _ETH_IPV6
         payload = data
@@ -574,8 +621,8 @@ class Capture:
             stats.skipped["malformed IPv4/UDP/TCP"] += 1
             stats.note(f"frame {frame.number}: IPv4 header length {hl} is impossible")
             return
-        ip = dpkt.ip.IP(raw[:hl])  # the header alone
-        total = int(ip.len) or len(raw)  # 0: TCP segmentation offload on the capturing host
+        _, _, total, ident, flags_offset, _, proto, _, src_raw, dst_raw = _IPV4.unpack_from(raw)
+        total = total or len(raw)  # 0: TCP segmentation offload on the capturing host
         if total < hl:
             stats.skipped["malformed IPv4/UDP/TCP"] += 1
             stats.note(f"frame {frame.number}: IPv4 total length {total} < header {hl}")
@@ -586,16 +633,15 @@ class Capture:
             # not cut by the snap length: the length field claims bytes that never existed
             stats.note(f"frame {frame.number}: IPv4 length {total} exceeds the frame: cut to fit")
             wire_body = len(body)
-        proto = int(ip.p)
         if proto not in (IPPROTO_UDP, IPPROTO_TCP):
             stats.skipped[f"IP protocol {proto}"] += 1
             return
-        src, dst = IPv4Address(bytes(ip.src)), IPv4Address(bytes(ip.dst))
+        src, dst = _address(src_raw), _address(dst_raw)
         fragments = 1
         truncated = len(body) < wire_body
-        offset, more = int(ip.offset) * 8, bool(ip.mf)
+        offset, more = (flags_offset & 0x1FFF) * 8, bool(flags_offset & 0x2000)
         if more or offset:
-            key = (bytes(ip.src), bytes(ip.dst), proto, int(ip.id))
+            key = (src_raw, dst_raw, proto, ident)
             done = frags.add(key, offset, more, body, wire_body, frame.time)
             if done is None:
                 return
@@ -622,8 +668,7 @@ class Capture:
             if len(body) < 8:
                 stats.skipped["malformed IPv4/UDP/TCP"] += 1
                 return
-            udp = dpkt.udp.UDP(body[:8])
-            ulen = int(udp.ulen)
+            sport, dport, ulen, _ = _UDP.unpack_from(body)
             if ulen < 8 or ulen > wire_body:
                 ulen = wire_body  # a bad UDP length: trust IP (as tcpdump does, with a warning)
             payload = body[8:ulen]
@@ -635,8 +680,8 @@ class Capture:
                 src,
                 dst,
                 proto,
-                int(udp.sport),
-                int(udp.dport),
+                sport,
+                dport,
                 payload,
                 ulen - 8,
                 truncated or len(payload) < ulen - 8,
@@ -651,7 +696,7 @@ class Capture:
             stats.skipped["malformed IPv4/UDP/TCP"] += 1
             stats.note(f"frame {frame.number}: TCP header length {doff} is impossible")
             return
-        tcp = dpkt.tcp.TCP(body[:doff])
+        sport, dport, seq, ack, _, flags = _TCP.unpack_from(body)
         payload = body[doff:]
         yield Segment(
             frame.number,
@@ -661,13 +706,13 @@ class Capture:
             src,
             dst,
             proto,
-            int(tcp.sport),
-            int(tcp.dport),
+            sport,
+            dport,
             payload,
             wire_body - doff,
             truncated or len(payload) < wire_body - doff,
-            seq=int(tcp.seq),
-            ack=int(tcp.ack),
-            flags=int(tcp.flags),
+            seq=seq,
+            ack=ack,
+            flags=flags,
             fragments=fragments,
         )

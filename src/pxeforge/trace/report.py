@@ -46,6 +46,14 @@ _SEVERITY_STYLE = {
 }
 
 
+def _clock(ts: float) -> str | None:
+    """ISO time of a capture timestamp, or None when the timestamp is not a date."""
+    try:
+        return datetime.fromtimestamp(ts, UTC).isoformat()
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
 def _rel(trace: Trace, t: float) -> float:
     return round(t - trace.start, 6)
 
@@ -89,13 +97,16 @@ def _selected(trace: Trace, macs: Collection[str] | None, mac: str | None) -> bo
 
 def _header(trace: Trace, macs: Collection[str] | None) -> list[Line]:
     s = trace.stats
-    start = datetime.fromtimestamp(trace.start, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    clock = _clock(trace.start)
+    start = (
+        f"{clock[:10]} {clock[11:23]} UTC" if clock else f"timestamp {trace.start!r} (not a date)"
+    )
     links = ", ".join(sorted(_link_name(x) for x in s.link_types)) or "no frames"
     out: list[Line] = [
         (f"pxeforge trace  {trace.name}", "bold"),
         (
             f"capture: {s.format}, {links}, {s.frames} frames, "
-            f"{trace.end - trace.start:.3f} s from {start} UTC",
+            f"{trace.end - trace.start:.3f} s from {start}",
             None,
         ),
     ]
@@ -411,7 +422,7 @@ def to_json(trace: Trace, macs: Collection[str] | None = None) -> dict[str, Any]
             "format": s.format,
             "frames": s.frames,
             "start": trace.start,
-            "start_iso": datetime.fromtimestamp(trace.start, UTC).isoformat(),
+            "start_iso": _clock(trace.start),
             "duration": round(trace.end - trace.start, 6),
             "link_types": sorted(_link_name(x) for x in s.link_types),
             "skipped": dict(sorted(s.skipped.items())),
