@@ -1,0 +1,751 @@
+"""The conductor: API verbs → state-machine events → driver work, and the periodic tasks.
+
+Theory of operation (Ironic's ``conductor/manager.py`` and ``task_manager.py``, reshaped):
+
+* **A verb is answered fast.** `Conductor.provision` checks what can be checked at once (verb
+  known, parameters, maintenance, a free worker, the driver's ``driver_info``), then applies the
+  verb's event through `lifecycle.process_event` — lock, transition, save, history, unlock — and
+  returns the node *already in its in-progress state* (``verifying``, ``deploying``…), which
+  the API answers with 202. A refused verb is `InvalidTransition` (400, naming the allowed
+  verbs); a locked node is `NodeLocked` (409).
+* **The slow part runs in a worker thread, under the node's lock.** For each in-progress state
+  that has work (`_WORK`), a worker takes the lock again, checks the node is still where it was
+  left, runs the driver calls (never on the event loop: drivers block), and ends the step with
+  ``done``, ``wait`` or ``fail`` as Ironic does — saving the new state, the fields the work
+  produced, the driver's notes and ``last_error`` in one transaction. It continues while the
+  new state has work too (``deleting`` → ``cleaning`` → ``available``). An exception from the
+  driver is a ``fail`` with the error as ``last_error``.
+* **What each state does** (no agent ramdisk yet: the agent issue adds it):
+
+  ===============  ==============================================================  ============
+  state            work                                                            then
+  ===============  ==============================================================  ============
+  verifying        validate ``driver_info``, read the power state                  done / fail
+  cleaning         automated cleaning is off (no agent): nothing; manual steps     done / fail
+                   need the agent
+  inspecting       boot device pxe, power on (or reboot): the agent reports        wait
+  deploying        boot device pxe, power on (or reboot): the installer or agent   wait
+                   calls back
+  deleting         power off, forget the instance                                  clean
+  adopting         validate, read the power state                                  done / fail
+  rescuing         boot device pxe, power on (or reboot)                           wait
+  unrescuing       boot device disk, reboot                                        done
+  servicing        no service steps without the agent                              done / fail
+  ===============  ==============================================================  ============
+
+* **Power and boot device** (`set_power_state`, `set_boot_device`) lock the node in the request
+  (409 if someone holds it) and hand the lock to the worker, which releases it when the driver
+  is done — Ironic's lock hand-over. Each power action is written to the node's history.
+* **Periodic tasks** (`start`): heartbeat the conductor row every ``heartbeat_interval``, and
+  every ``check_provision_state_interval`` fail nodes that waited too long (`Store.expire_waits`
+  with the configured `WaitTimeouts`). `start` first registers the conductor and runs
+  `Store.recover_stuck` (nodes a dead conductor left in a ``…ing`` state are failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import importlib
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+from pxeforge.config import Settings
+from pxeforge.drivers.base import (
+    BootDevice,
+    BootSetting,
+    Driver,
+    DriverError,
+    PowerState,
+)
+from pxeforge.inventory.errors import (
+    InvalidParameterValue,
+    InvalidState,
+    InvalidTransition,
+    NodeLocked,
+)
+from pxeforge.inventory.lifecycle import Outcome, process_event
+from pxeforge.inventory.machine import advance, allowed_verbs, next_target
+from pxeforge.inventory.records import NodeRecord
+from pxeforge.inventory.states import (
+    ADOPTING,
+    CLEANING,
+    DELETING,
+    DEPLOYING,
+    INSPECTING,
+    MANAGEABLE,
+    POWER_OFF,
+    POWER_ON,
+    POWER_STATES,
+    REBOOT,
+    RESCUING,
+    SERVICING,
+    SEVERITY_ERROR,
+    SEVERITY_INFO,
+    SOFT_POWER_OFF,
+    UNRESCUING,
+    VERBS,
+    VERIFYING,
+    Event,
+    HistoryType,
+)
+from pxeforge.inventory.store import HistoryEntry, Recovery, Store, WaitTimeouts
+
+__all__ = [
+    "BOOT_DEVICES",
+    "Conductor",
+    "DriverLookup",
+    "NoFreeWorker",
+    "NodeInMaintenance",
+    "Step",
+    "default_drivers",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DriverLookup = Callable[[str], Driver]
+"""``name → driver``; raises `pxeforge.drivers.base.UnknownDriver` (400) for an unknown name."""
+
+BOOT_DEVICES: Final = tuple(d.value for d in BootDevice if d is not BootDevice.SAFE)
+"""Boot devices offered by ``…/management/boot_device/supported`` (``safe`` is IPMI-only)."""
+
+_MAINTENANCE_OK: Final = frozenset({"manage", "abort", "unhold"})
+"""Verbs allowed while a node is in maintenance (the rest would touch the machine)."""
+
+_LOCK_ATTEMPTS: Final = 50
+_LOCK_INTERVAL: Final = 0.1
+
+
+class NodeInMaintenance(InvalidParameterValue):
+    """A verb that would touch the machine, on a node in maintenance (Ironic: 400)."""
+
+    def __init__(self, node: str, action: str) -> None:
+        super().__init__(
+            f'The requested action "{action}" can not be performed on node "{node}" while it '
+            "is in maintenance mode."
+        )
+
+
+class NoFreeWorker(InvalidState):
+    """Every worker is busy (Ironic's ``NoFreeConductorWorker``): retry later (503)."""
+
+    code = 503
+
+    def __init__(self) -> None:
+        super().__init__("Requested action cannot be performed due to lack of free conductor "
+                         "workers.")  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """How a piece of driver work ended: the event to apply and what to save with it."""
+
+    event: str
+    last_error: str | None = None
+    changes: Mapping[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
+def default_drivers(name: str) -> Driver:
+    """The driver registry's lookup (`pxeforge.drivers.registry.get_driver`)."""
+    registry = importlib.import_module("pxeforge.drivers.registry")
+    driver: Driver = registry.get_driver(name)
+    return driver
+
+
+def _power(value: PowerState | str | None) -> str | None:
+    return None if value is None else str(value)
+
+
+class Conductor:
+    """Drives nodes through the state machine with their drivers (see the module docstring).
+
+    ``holder`` is this conductor's name in the database (its node locks and heartbeat).
+    Every public coroutine runs the blocking work in threads; the sync ``*_sync`` methods are
+    the same operations for callers already off the event loop.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        drivers: DriverLookup = default_drivers,
+        *,
+        holder: str,
+        settings: Settings | None = None,
+        workers: int = 16,
+    ) -> None:
+        self.store = store
+        self.drivers = drivers
+        self.holder = holder
+        self.settings = settings if settings is not None else Settings()
+        self.timeouts = WaitTimeouts(
+            deploy_callback_timeout=self.settings.deploy_callback_timeout,
+            inspect_wait_timeout=self.settings.inspect_wait_timeout,
+            clean_callback_timeout=self.settings.clean_callback_timeout,
+        )
+        self.workers = workers
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="conductor"
+        )
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+        self._futures: set[concurrent.futures.Future[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._work: dict[str, Callable[[NodeRecord], Step]] = {
+            VERIFYING: self._verify,
+            CLEANING: self._clean,
+            INSPECTING: self._inspect,
+            DEPLOYING: self._deploy,
+            DELETING: self._tear_down,
+            ADOPTING: self._adopt,
+            RESCUING: self._rescue,
+            UNRESCUING: self._unrescue,
+            SERVICING: self._service,
+        }
+
+    # ---- life cycle -----------------------------------------------------------------------
+
+    async def start(self) -> list[Recovery]:
+        """Register, recover what a dead conductor left, start the periodic tasks."""
+        recovered = await self._call(self._startup)
+        for item in recovered:
+            log.warning(
+                "node %s: %s -> %s at start-up (lock of %s)",
+                item.uuid,
+                item.previous_state,
+                item.provision_state,
+                item.previous_holder,
+            )
+        self._tasks = [
+            asyncio.create_task(
+                self._every(self.settings.heartbeat_interval, self._heartbeat), name="heartbeat"
+            ),
+            asyncio.create_task(
+                self._every(self.settings.check_provision_state_interval, self.expire_waits),
+                name="expire-waits",
+            ),
+        ]
+        return recovered
+
+    def _startup(self) -> list[Recovery]:
+        self.store.register_conductor(self.holder)
+        return self.store.recover_stuck(
+            self.holder, heartbeat_timeout=self.settings.heartbeat_timeout
+        )
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop the periodic tasks, wait a little for workers, go offline (locks released)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        pending = [asyncio.wrap_future(f) for f in list(self._futures)]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.store.unregister_conductor, self.holder
+            )
+        except Exception:  # the database may be gone on shutdown; locks then wait for recovery
+            log.exception("could not unregister conductor %s", self.holder)
+
+    async def _every(self, interval: float, job: Callable[[], Any]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._call(job)
+            except Exception:  # a periodic task never dies: log and try again next time
+                log.exception("periodic task %s failed", getattr(job, "__name__", job))
+
+    def _heartbeat(self) -> None:
+        self.store.heartbeat(self.holder)
+
+    def expire_waits(self) -> list[Recovery]:
+        """Fail nodes that waited longer than the configured timeouts (a periodic task)."""
+        done = self.store.expire_waits(holder=self.holder, timeouts=self.timeouts)
+        for item in done:
+            log.warning("node %s: %s timed out -> %s", item.uuid, item.previous_state,
+                        item.provision_state)  # fmt: skip
+        return done
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Block until no background work is running (tests, benchmarks)."""
+        concurrent.futures.wait(list(self._futures), timeout=timeout)
+
+    # ---- workers --------------------------------------------------------------------------
+
+    def _reserve_worker(self) -> None:
+        with self._busy_lock:
+            if self._busy >= self.workers:
+                raise NoFreeWorker()
+            self._busy += 1
+
+    def _release_worker(self) -> None:
+        with self._busy_lock:
+            self._busy -= 1
+
+    def _spawn(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on a reserved worker (the caller reserved it)."""
+
+        def run() -> None:
+            try:
+                fn()
+            except Exception:
+                log.exception("conductor worker failed")
+            finally:
+                self._release_worker()
+
+        try:
+            future = self._pool.submit(run)
+        except RuntimeError:  # shutting down
+            self._release_worker()
+            raise NoFreeWorker() from None
+        self._futures.add(future)
+        future.add_done_callback(self._futures.discard)
+
+    def _driver(self, node: NodeRecord) -> Driver:
+        return self.drivers(node.driver)
+
+    # ---- provisioning ---------------------------------------------------------------------
+
+    async def provision(self, node: str, verb: str, **params: Any) -> NodeRecord:
+        """Apply a provision verb (``PUT …/states/provision``); see `provision_sync`."""
+        return await self._call(self.provision_sync, node, verb, **params)
+
+    def provision_sync(
+        self,
+        node: str,
+        verb: str,
+        *,
+        user: str | None = None,
+        configdrive: Any = None,
+        clean_steps: list[Any] | None = None,
+        deploy_steps: list[Any] | None = None,
+        service_steps: list[Any] | None = None,
+        rescue_password: str | None = None,
+        disable_ramdisk: bool | None = None,
+    ) -> NodeRecord:
+        """Move ``node`` with ``verb``; returns it in its new (often in-progress) state."""
+        event = VERBS.get(verb)
+        if event is None:
+            raise InvalidParameterValue(
+                f'"{verb}" is not a valid provision target; valid targets: {", ".join(VERBS)}'
+            )
+        before = self.store.get_node(node)
+        if before.maintenance and verb not in _MAINTENANCE_OK:
+            raise NodeInMaintenance(before.uuid, verb)
+        try:
+            advance(before.provision_state, event)
+        except InvalidTransition as exc:
+            # refuse early, naming the *verbs* allowed (process_event would name events)
+            raise exc.with_node(before.uuid, allowed_verbs(before.provision_state)) from None
+        if event == Event.CLEAN and clean_steps is None:
+            raise InvalidParameterValue(
+                'Manual cleaning ("clean") needs "clean_steps", a list of steps'
+            )
+        if event == Event.SERVICE and service_steps is None:
+            raise InvalidParameterValue('Servicing ("service") needs "service_steps"')
+        if event == Event.RESCUE and not rescue_password:
+            raise InvalidParameterValue('"rescue" needs a non-empty "rescue_password"')
+        if configdrive is not None and event not in (Event.DEPLOY, Event.REBUILD):
+            raise InvalidParameterValue(
+                "Adding a config drive is only supported when setting provision state to "
+                "active, rebuild"
+            )
+        if event in (Event.DEPLOY, Event.REBUILD, Event.ADOPT):
+            self._driver(before).validate(before.driver_info)  # 400 before anything moves
+        else:
+            self._driver(before)  # unknown driver: 400
+        self._reserve_worker()
+        spawned = False
+        try:
+            changes: dict[str, Any] = {}
+            internal = dict(before.driver_internal_info)
+            if clean_steps is not None:
+                internal["clean_steps"] = clean_steps
+            if service_steps is not None:
+                internal["service_steps"] = service_steps
+            if deploy_steps is not None:
+                internal["deploy_steps"] = deploy_steps
+            if disable_ramdisk is not None:
+                internal["disable_ramdisk"] = bool(disable_ramdisk)
+            if internal != before.driver_internal_info:
+                changes["driver_internal_info"] = internal
+            if configdrive is not None or rescue_password is not None:
+                info = dict(before.instance_info)
+                if configdrive is not None:
+                    info["configdrive"] = configdrive
+                if rescue_password is not None:
+                    info["rescue_password"] = rescue_password
+                changes["instance_info"] = info
+
+            def record(_node: NodeRecord, _new: str) -> Outcome:
+                return Outcome(changes=changes)
+
+            after = process_event(
+                self.store,
+                before.uuid,
+                event,
+                holder=self.holder,
+                driver_work=record if changes else None,
+                target=MANAGEABLE if event == Event.CLEAN else None,
+                user=user,
+            )
+            if after.provision_state in self._work:
+                state = after.provision_state
+                self._spawn(lambda: self._continue(after.uuid, state))
+                spawned = True
+            return after
+        finally:
+            if not spawned:
+                self._release_worker()
+
+    def _continue(self, uuid: str, state: str) -> None:
+        """Worker: run the work of ``state`` (and of the states it leads to) under the lock."""
+        try:
+            with self.store.lock(
+                uuid, self.holder, attempts=_LOCK_ATTEMPTS, interval=_LOCK_INTERVAL
+            ) as node:
+                while node.provision_state == state and state in self._work:
+                    step = self._run_work(node)
+                    node = self._finish(node, step)
+                    if node.provision_state == state:
+                        break
+                    state = node.provision_state
+        except NodeLocked as exc:
+            log.error("node %s: could not continue %s: %s", uuid, state, exc)
+
+    def _run_work(self, node: NodeRecord) -> Step:
+        try:
+            return self._work[node.provision_state](node)
+        except Exception as exc:
+            if not isinstance(exc, DriverError | InvalidParameterValue):
+                log.exception("node %s: %s failed", node.uuid, node.provision_state)
+            return Step(
+                Event.FAIL,
+                last_error=f"{node.provision_state} failed: {type(exc).__name__}: {exc}",
+            )
+
+    def _finish(self, node: NodeRecord, step: Step) -> NodeRecord:
+        """Save ``step`` (event, fields, notes, error) as one transition of a locked node."""
+        old = node.provision_state
+        new = advance(old, step.event)
+        target = next_target(node.target_provision_state, step.event, new)
+        history = [HistoryEntry(note, HistoryType.PROVISIONING) for note in step.notes]
+        text = f'"{old}" -> "{new}" on "{step.event}"'
+        if step.last_error:
+            history.append(
+                HistoryEntry(f"{text}: {step.last_error}", HistoryType.TRANSITION, SEVERITY_ERROR)
+            )
+        else:
+            history.append(HistoryEntry(text, HistoryType.TRANSITION, SEVERITY_INFO))
+        last_error: Any = step.last_error if step.event == Event.FAIL else None
+        return self.store.save_transition(
+            node.id,
+            holder=self.holder,
+            expected_state=old,
+            provision_state=new,
+            target_provision_state=target,
+            history=history,
+            last_error=last_error,
+            changes=dict(step.changes),
+        )
+
+    # ---- the work of each state (worker threads, node locked) ------------------------------
+
+    def _verify(self, node: NodeRecord) -> Step:
+        driver = self._driver(node)
+        try:
+            driver.validate(node.driver_info)
+            state = driver.get_power_state(node.driver_info)
+        except DriverError as exc:
+            return Step(
+                Event.FAIL,
+                last_error=f"Failed to get power state for node {node.uuid}. Error: {exc}",
+            )
+        return Step(Event.DONE, changes={"power_state": _power(state)})
+
+    def _clean(self, node: NodeRecord) -> Step:
+        steps = node.driver_internal_info.get("clean_steps")
+        internal = {k: v for k, v in node.driver_internal_info.items() if k != "clean_steps"}
+        if steps:
+            return Step(
+                Event.FAIL,
+                last_error=(
+                    f"Manual cleaning of node {node.uuid} failed: clean steps run in the agent "
+                    "ramdisk, which pxeforge does not provide yet"
+                ),
+                changes={"driver_internal_info": internal},
+            )
+        note = (
+            "Automated cleaning is disabled (no agent ramdisk yet): nothing to clean"
+            if node.target_provision_state != MANAGEABLE
+            else "Manual cleaning with no steps: nothing to do"
+        )
+        return Step(Event.DONE, changes={"driver_internal_info": internal}, notes=(note,))
+
+    def _boot_network(self, node: NodeRecord) -> tuple[str | None, list[str]]:
+        """Boot ``node`` from the network now: boot device pxe, then power on or reboot."""
+        driver = self._driver(node)
+        notes: list[str] = []
+        note = driver.set_boot_device(node.driver_info, BootDevice.PXE, False)
+        if note:
+            notes.append(note)
+        current = driver.get_power_state(node.driver_info)
+        if current == PowerState.POWER_ON:
+            note = driver.reboot(node.driver_info)
+        else:
+            note = driver.set_power_state(node.driver_info, PowerState.POWER_ON)
+        if note:
+            notes.append(note)
+        after = driver.get_power_state(node.driver_info)
+        return _power(after) if after is not None else POWER_ON, notes
+
+    def _inspect(self, node: NodeRecord) -> Step:
+        power, notes = self._boot_network(node)
+        notes.append("Waiting for the agent ramdisk to report the hardware inventory")
+        return Step(Event.WAIT, changes={"power_state": power}, notes=tuple(notes))
+
+    def _deploy(self, node: NodeRecord) -> Step:
+        power, notes = self._boot_network(node)
+        notes.append("Waiting for the installer or the agent ramdisk to call back")
+        return Step(Event.WAIT, changes={"power_state": power}, notes=tuple(notes))
+
+    def _rescue(self, node: NodeRecord) -> Step:
+        power, notes = self._boot_network(node)
+        notes.append("Waiting for the rescue ramdisk to call back")
+        return Step(Event.WAIT, changes={"power_state": power}, notes=tuple(notes))
+
+    def _tear_down(self, node: NodeRecord) -> Step:
+        driver = self._driver(node)
+        note = driver.set_power_state(node.driver_info, PowerState.POWER_OFF)
+        state = driver.get_power_state(node.driver_info)
+        internal = {
+            k: v
+            for k, v in node.driver_internal_info.items()
+            if k not in ("deploy_steps", "clean_steps", "disable_ramdisk")
+        }
+        changes = {
+            "power_state": _power(state) if state is not None else POWER_OFF,
+            "instance_info": {},
+            "instance_uuid": None,
+            "driver_internal_info": internal,
+        }
+        return Step(Event.CLEAN, changes=changes, notes=(note,) if note else ())
+
+    def _adopt(self, node: NodeRecord) -> Step:
+        driver = self._driver(node)
+        driver.validate(node.driver_info)
+        state = driver.get_power_state(node.driver_info)
+        return Step(Event.DONE, changes={"power_state": _power(state)})
+
+    def _unrescue(self, node: NodeRecord) -> Step:
+        driver = self._driver(node)
+        notes = [driver.set_boot_device(node.driver_info, BootDevice.DISK, True)]
+        notes.append(driver.reboot(node.driver_info))
+        info = {k: v for k, v in node.instance_info.items() if k != "rescue_password"}
+        return Step(
+            Event.DONE,
+            changes={"power_state": POWER_ON, "instance_info": info},
+            notes=tuple(n for n in notes if n),
+        )
+
+    def _service(self, node: NodeRecord) -> Step:
+        steps = node.driver_internal_info.get("service_steps")
+        internal = {k: v for k, v in node.driver_internal_info.items() if k != "service_steps"}
+        if steps:
+            return Step(
+                Event.FAIL,
+                last_error=(
+                    f"Servicing node {node.uuid} failed: service steps run in the agent "
+                    "ramdisk, which pxeforge does not provide yet"
+                ),
+                changes={"driver_internal_info": internal},
+            )
+        return Step(Event.DONE, changes={"driver_internal_info": internal})
+
+    # ---- power, boot device, validation ------------------------------------------------------
+
+    async def set_power_state(
+        self, node: str, target: str, timeout: float | None = None, *, user: str | None = None
+    ) -> NodeRecord:
+        """``PUT …/states/power``: lock, set ``target_power_state``, act in a worker."""
+        return await self._call(self.set_power_state_sync, node, target, timeout, user=user)
+
+    def set_power_state_sync(
+        self, node: str, target: str, timeout: float | None = None, *, user: str | None = None
+    ) -> NodeRecord:
+        if target not in POWER_STATES:
+            raise InvalidParameterValue(
+                f'Invalid power target "{target}"; valid targets: {", ".join(POWER_STATES)}'
+            )
+        record = self.store.get_node(node)
+        driver = self._driver(record)
+        driver.validate(record.driver_info)
+        self._reserve_worker()
+        locked = False
+        try:
+            if not self.store.acquire(record.uuid, self.holder):
+                current = self.store.get_node(record.uuid)
+                raise NodeLocked(current.uuid, current.reservation)
+            locked = True
+            record = self.store.update_node(
+                record.uuid, {"target_power_state": target}, holder=self.holder
+            )
+            uuid = record.uuid
+            self._spawn(lambda: self._power_worker(uuid, driver, target, timeout, user))
+            locked = False  # the worker owns the lock now
+            return record
+        except BaseException:
+            if locked:
+                self.store.release(record.uuid, self.holder)
+            self._release_worker()
+            raise
+
+    def _power_worker(
+        self, uuid: str, driver: Driver, target: str, timeout: float | None, user: str | None
+    ) -> None:
+        try:
+            node = self.store.get_node(uuid)
+            old = node.power_state
+            try:
+                if target == REBOOT:
+                    note = driver.reboot(node.driver_info, timeout)
+                else:
+                    note = driver.set_power_state(node.driver_info, PowerState(target), timeout)
+                read = driver.get_power_state(node.driver_info)
+                if read is None:  # nobody can tell (manual-management): assume it was done
+                    state = POWER_OFF if target in (POWER_OFF, SOFT_POWER_OFF) else POWER_ON
+                else:
+                    state = str(read)
+                message = f'Power state changed from "{old}" to "{state}" ("{target}" asked)'
+                if note:
+                    message += f"; {note}"
+                changes: dict[str, Any] = {
+                    "power_state": state,
+                    "target_power_state": None,
+                }
+                severity = SEVERITY_INFO
+            except DriverError as exc:
+                message = f"Failed to change power state to '{target}' by '{target}'. Error: {exc}"
+                changes = {"target_power_state": None, "last_error": message}
+                severity = SEVERITY_ERROR
+            self.store.update_node(uuid, changes, holder=self.holder)
+            self.store.add_history(
+                uuid,
+                message,
+                event_type=HistoryType.PROVISIONING,
+                severity=severity,
+                user=user,
+                conductor=self.holder,
+            )
+        finally:
+            self.store.release(uuid, self.holder)
+
+    async def set_boot_device(
+        self, node: str, device: str, persistent: bool = False, *, user: str | None = None
+    ) -> None:
+        """``PUT …/management/boot_device``: synchronous under the node's lock (409)."""
+        await self._call(self.set_boot_device_sync, node, device, persistent, user=user)
+
+    def set_boot_device_sync(
+        self, node: str, device: str, persistent: bool = False, *, user: str | None = None
+    ) -> None:
+        if device not in BOOT_DEVICES:
+            raise InvalidParameterValue(
+                f'Invalid boot device "{device}"; supported: {", ".join(BOOT_DEVICES)}'
+            )
+        with self.store.lock(node, self.holder) as record:
+            note = self._driver(record).set_boot_device(
+                record.driver_info, BootDevice(device), persistent
+            )
+            text = f'Boot device set to "{device}"' + (" (persistent)" if persistent else "")
+            self.store.add_history(
+                record.id,
+                f"{text}; {note}" if note else text,
+                event_type=HistoryType.PROVISIONING,
+                user=user,
+                conductor=self.holder,
+            )
+
+    async def get_boot_device(self, node: str) -> BootSetting:
+        """The boot device the driver reports (no lock: a read)."""
+        return await self._call(self.get_boot_device_sync, node)
+
+    def get_boot_device_sync(self, node: str) -> BootSetting:
+        record = self.store.get_node(node)
+        return self._driver(record).get_boot_device(record.driver_info)
+
+    async def validate(self, node: str) -> dict[str, dict[str, Any]]:
+        """``GET …/validate``: per interface, ``{"result": bool|None, "reason": str|None}``."""
+        return await self._call(self.validate_sync, node)
+
+    def validate_sync(self, node: str) -> dict[str, dict[str, Any]]:
+        record = self.store.get_node(node)
+        unsupported: dict[str, Any] = {"result": None, "reason": "not supported"}
+        try:
+            self._driver(record).validate(record.driver_info)
+            power: dict[str, Any] = {"result": True, "reason": None}
+        except DriverError as exc:
+            power = {"result": False, "reason": str(exc)}
+        ports = self.store.list_ports(node=record.id, pxe_enabled=True, limit=1)
+        if ports:
+            boot: dict[str, Any] = {"result": True, "reason": None}
+        else:
+            boot = {
+                "result": False,
+                "reason": "Node has no PXE-enabled port: pxeforge cannot tell its DHCP "
+                "requests from other machines'",
+            }
+        return {
+            "bios": dict(unsupported),
+            "boot": boot,
+            "console": dict(unsupported),
+            "deploy": {"result": True, "reason": None},
+            "firmware": dict(unsupported),
+            "inspect": {
+                "result": None,
+                "reason": "inspection needs the agent ramdisk (not available yet)",
+            },
+            "management": dict(power),
+            "network": {"result": True, "reason": None},
+            "power": power,
+            "raid": dict(unsupported),
+            "rescue": dict(unsupported),
+            "storage": {"result": True, "reason": None},
+        }
+
+    async def set_maintenance(
+        self, node: str, on: bool, reason: str | None = None, *, user: str | None = None
+    ) -> NodeRecord:
+        """``PUT``/``DELETE …/maintenance`` (409 while someone holds the node's lock)."""
+        return await self._call(self.set_maintenance_sync, node, on, reason, user=user)
+
+    def set_maintenance_sync(
+        self, node: str, on: bool, reason: str | None = None, *, user: str | None = None
+    ) -> NodeRecord:
+        changes: dict[str, Any] = {"maintenance": on, "maintenance_reason": reason if on else None}
+        if not on:
+            changes["fault"] = None
+        record = self.store.update_node(node, changes)
+        text = "Maintenance mode set" if on else "Maintenance mode unset"
+        if on and reason:
+            text += f": {reason}"
+        self.store.add_history(
+            record.id, text, event_type=HistoryType.PROVISIONING, user=user, conductor=self.holder
+        )
+        return record
