@@ -45,6 +45,7 @@ def serve_args(tree: Path, tftp: int, http: int, *extra: str) -> list[str]:
         "--kernel", str(tree / "vmlinuz"),
         "--initrd", str(tree / "initrd.img"),
         "--cmdline", "ks=http://10.10.3.167/ks_config/CentOS-6.9-ks.cfg ksdevice=eth0",
+        "--api-port", "0",
         *extra,
     ]  # fmt: skip
 

@@ -18,7 +18,7 @@ import click
 
 from pxeforge.boot.booter import Booter, StaticBooter
 from pxeforge.boot.machine import normalize_mac
-from pxeforge.config import BootMethod, DhcpMode, Settings, load_toml, parse_pool
+from pxeforge.config import ApiAuth, BootMethod, DhcpMode, Settings, load_toml, parse_pool
 from pxeforge.errors import ConfigError, StartupError
 from pxeforge.netif import interface_network, require_interface
 
@@ -56,6 +56,8 @@ def build_settings(config: Path | None, flags: dict[str, Any]) -> Settings:
                 value = DhcpMode(value)
             case "boot_method":
                 value = BootMethod(value)
+            case "api_auth":
+                value = ApiAuth(value)
             case "root" | "data_dir" | "kernel":
                 value = Path(value)
             case "initrds":
@@ -131,9 +133,20 @@ async def _serve(settings: Settings, booter: Booter) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    creds = services.new_credentials
+    if creds is not None:
+        click.echo(
+            f"pxeforge: created API user {creds.user!r} with password {creds.password} — shown "
+            f"only this once (also in {settings.data_dir / 'api-credentials'}, mode 0600; "
+            f"the hash is in {settings.data_dir / 'htpasswd'})",
+            err=True,
+        )
+    api_host = str(settings.address) if settings.address is not None else "127.0.0.1"
     click.echo(
         f"pxeforge serving: DHCP {settings.dhcp_mode.value}, TFTP :{services.tftp.port}, "
-        f"HTTP {settings.http_base} (boot method {settings.boot_method.value}); Ctrl-C stops",
+        f"HTTP {settings.http_base} (boot method {settings.boot_method.value}), "
+        f"API http://{api_host}:{services.api.port}/v1 (auth {settings.api_auth.value}); "
+        "Ctrl-C stops",
         err=True,
     )
     try:
@@ -196,6 +209,18 @@ async def _serve(settings: Settings, booter: Booter) -> None:
     help="Initrd(s) for --kernel (comma-separated or repeated).",
 )
 @click.option("--cmdline", help="Kernel command line for --kernel.")
+@click.option("--api-port", type=int, help="REST API port (6385, Ironic's; 0: any free port).")
+@click.option(
+    "--api-auth",
+    type=click.Choice([a.value for a in ApiAuth]),
+    help="http_basic (default: htpasswd under --data-dir, created on first start) or noauth.",
+)
+@click.option(
+    "--db",
+    "db_url",
+    metavar="URL",
+    help="Inventory database (default sqlite in --data-dir; postgresql+psycopg://user@host/db).",
+)
 def serve(config: Path | None, **flags: Any) -> None:
     """Run DHCP, TFTP and HTTP boot services in one process."""
     settings = check_settings(build_settings(config, flags))

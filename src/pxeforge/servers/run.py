@@ -1,14 +1,22 @@
 """Start and stop every listener of `pxeforge serve` together.
 
 Each service starts in order (HTTP, TFTP, DHCP — clients need the files before they are told
-where to fetch them); a failure to bind is turned into a `StartupError` that names the service,
-the port and the usual fix, and whatever had started is closed again.
+where to fetch them — then the inventory and its REST API); a failure to bind is turned into a
+`StartupError` that names the service, the port and the usual fix, and whatever had started is
+closed again.
+
+The inventory part (`_start_api`): open the database (``--db``, default SQLite in
+``--data-dir``; migrations run), start the conductor (register, `recover_stuck`, periodic
+heartbeat and wait timeouts), create the ``http_basic`` credentials on first start (returned in
+`Services.new_credentials` for the caller to print once), and serve the API on ``--api-port``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +41,10 @@ class Services:
     http: Any = None
     tftp: Any = None
     dhcp: Any = None
+    api: Any = None  # pxeforge.api.app.ApiServer
+    conductor: Any = None  # pxeforge.conductor.Conductor
+    store: Any = None  # pxeforge.inventory.store.Store
+    new_credentials: Any = None  # pxeforge.api.auth.Credentials, first start only
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -116,10 +128,61 @@ async def start_services(settings: Settings, booter: Booter) -> Services:
                 settings.dhcp_port,
                 f" and {settings.proxy_port}" if settings.dhcp_mode is DhcpMode.PROXY else "",
             )
+        await _start_api(settings, services, bind)
     except BaseException:
         await services.close()
         raise
     return services
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not even a URL: say so without echoing it back
+        return "(unparsable URL)"
+
+
+async def _start_api(settings: Settings, services: Services, bind: str) -> None:
+    """Database, conductor and REST API (see the module docstring)."""
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from pxeforge.api.app import ApiContext, start_api
+    from pxeforge.api.auth import HTPASSWD_FILE, Htpasswd, ensure_credentials
+    from pxeforge.conductor.manager import Conductor
+    from pxeforge.config import ApiAuth
+    from pxeforge.inventory.db import default_url
+    from pxeforge.inventory.store import Store
+
+    url = settings.db_url or default_url(Path(settings.data_dir))
+    try:
+        store = await asyncio.to_thread(Store.connect, url)
+    except (SQLAlchemyError, ArgumentError, ValueError, OSError, ImportError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StartupError(
+            f"database {_redacted(url)}: cannot open or migrate it ({reason}); check --db"
+        ) from None
+    services.store = store
+    services._closers.append(_async(store.close))
+    holder = f"{socket.gethostname()}:{settings.api_port}"
+    conductor = Conductor(store, holder=holder, settings=settings)
+    try:
+        await conductor.start()
+    except SQLAlchemyError as exc:
+        raise StartupError(f"database {_redacted(url)}: {str(exc).splitlines()[0]}") from None
+    services.conductor = conductor
+    services._closers.append(conductor.stop)
+    htpasswd = None
+    if settings.api_auth is ApiAuth.HTTP_BASIC:
+        data_dir = Path(settings.data_dir)
+        services.new_credentials = await asyncio.to_thread(ensure_credentials, data_dir)
+        htpasswd = Htpasswd(data_dir / HTPASSWD_FILE)
+    ctx = ApiContext(store, conductor, htpasswd)
+    services._closers.append(_async(ctx.close))
+    services.api = await _start("API", settings.api_port, start_api(ctx, bind, settings.api_port))
+    services._closers.append(_async(services.api.close))
+    log.info("API on %s:%d (auth %s)", bind, services.api.port, settings.api_auth.value)
 
 
 def _make_pool(settings: Settings, pool_cls: Any) -> Any:
