@@ -14,13 +14,16 @@ Missing binaries skip these tests locally and fail them when $CI is set.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,3 +187,118 @@ def ipmi_sim() -> Iterator[IpmiSim]:
             stop(proc)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+# ---- sushy-tools ----------------------------------------------------------------------------
+
+SUSHY_USER, SUSHY_PASSWORD = "admin", "s3cret"
+
+
+@dataclass
+class Sushy:
+    dir: Path
+    port: int
+    systems: list[dict[str, Any]]
+    tls: bool = False
+
+    @property
+    def address(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def certificate(self) -> Path:
+        """The emulator's self-signed certificate (with ``tls``), usable as a CA bundle."""
+        return self.dir / "cert.pem"
+
+    def info(self, **changes: Any) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "redfish_address": self.address,
+            "redfish_username": SUSHY_USER,
+            "redfish_password": SUSHY_PASSWORD,
+        }
+        info.update(changes)
+        return info
+
+    def log(self) -> str:
+        return (self.dir / "emulator.log").read_text(errors="replace")
+
+
+def fake_system(n: int, power: str = "Off") -> dict[str, Any]:
+    return {
+        "uuid": f"27946b59-9e44-4fa7-8e91-f3527a1ef{n:03d}",
+        "name": f"node-{n}",
+        "power_state": power,
+        "external_notifier": False,
+        "nics": [{"mac": f"52:54:00:00:00:{n:02x}", "ip": f"192.0.2.{n + 10}"}],
+    }
+
+
+@contextmanager
+def sushy_emulator(systems: list[dict[str, Any]], tls: bool = False) -> Iterator[Sushy]:
+    """sushy-emulator with its fake driver on 127.0.0.1, basic auth, state in a temp dir.
+
+    ``tls``: serve HTTPS with a fresh self-signed certificate for 127.0.0.1 (openssl).
+    """
+    need(
+        "sushy-tools",
+        importlib.util.find_spec("sushy_tools") is not None,
+        "pip install -e '.[test]'",
+    )
+    import bcrypt  # a dependency of sushy-tools
+
+    root = Path(tempfile.mkdtemp(prefix="pxeforge-sushy-"))
+    try:
+        digest = bcrypt.hashpw(SUSHY_PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+        (root / "htpasswd").write_text(f"{SUSHY_USER}:{digest}\n")
+        port = free_port()
+        config: dict[str, Any] = {
+            "SUSHY_EMULATOR_LISTEN_IP": "127.0.0.1",
+            "SUSHY_EMULATOR_LISTEN_PORT": port,
+            "SUSHY_EMULATOR_FAKE_DRIVER": True,
+            "SUSHY_EMULATOR_FAKE_SYSTEMS": systems,
+            "SUSHY_EMULATOR_AUTH_FILE": str(root / "htpasswd"),
+            "SUSHY_EMULATOR_STATE_DIR": str(root / "state"),  # else it persists in /tmp
+        }
+        sushy = Sushy(root, port, systems, tls)
+        if tls:
+            need("openssl", shutil.which("openssl") is not None, "apt-get install openssl")
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                 "-keyout", str(root / "key.pem"), "-out", str(sushy.certificate),
+                 "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                check=True, capture_output=True, timeout=60,
+            )  # fmt: skip
+            config["SUSHY_EMULATOR_SSL_CERT"] = str(sushy.certificate)
+            config["SUSHY_EMULATOR_SSL_KEY"] = str(root / "key.pem")
+        (root / "emulator.conf").write_text(
+            "".join(f"{key} = {value!r}\n" for key, value in config.items())
+        )
+        with open(root / "emulator.log", "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "sushy_tools.emulator.main",
+                 "--config", str(root / "emulator.conf")],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(f"sushy-emulator exited with {proc.returncode}: {sushy.log()}")
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"sushy-emulator did not listen within 30 s: {sushy.log()}")
+                    time.sleep(0.1)
+            yield sushy
+        finally:
+            stop(proc)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def sushy() -> Iterator[Sushy]:
+    with sushy_emulator([fake_system(1)]) as emulator:
+        yield emulator
