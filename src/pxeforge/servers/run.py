@@ -27,6 +27,7 @@ from pxeforge.boot.clients import ClientRegistry
 from pxeforge.boot.resolve import BootFiles
 from pxeforge.config import DhcpMode, Settings
 from pxeforge.errors import StartupError
+from pxeforge.protocols.tftp import TransferConfig
 
 __all__ = ["Services", "start_services"]
 
@@ -105,7 +106,9 @@ async def start_services(settings: Settings, booter: Booter) -> Services:
         services._closers.append(_async(services.http.close))
         log.info("HTTP on %s:%d", bind, services.http.port)
         services.tftp = await _start(
-            "TFTP", settings.tftp_port, start_tftp(bind, settings.tftp_port, files)
+            "TFTP",
+            settings.tftp_port,
+            start_tftp(bind, settings.tftp_port, files, config=_tftp_config(settings)),
         )
         services._closers.append(_async(services.tftp.close))
         log.info("TFTP on %s:%d", bind, services.tftp.port)
@@ -183,6 +186,15 @@ async def _start_api(settings: Settings, services: Services, bind: str) -> None:
     services.api = await _start("API", settings.api_port, start_api(ctx, bind, settings.api_port))
     services._closers.append(_async(services.api.close))
     log.info("API on %s:%d (auth %s)", bind, services.api.port, settings.api_auth.value)
+
+
+def _tftp_config(settings: Settings) -> TransferConfig:
+    return TransferConfig(
+        timeout=settings.tftp_timeout,
+        retries=settings.tftp_retries,
+        max_blksize=settings.tftp_max_blksize,
+        max_windowsize=settings.tftp_max_windowsize,
+    )
 
 
 def _make_pool(settings: Settings, pool_cls: Any) -> Any:
