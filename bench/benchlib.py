@@ -140,7 +140,7 @@ def sh(argv: Sequence[str], *, timeout: float = 30, check: bool = True) -> str:
     return done.stdout
 
 
-def version_of(argv: Sequence[str], pattern: str = r"\d+\.\d+(?:\.\d+)?\S*") -> str:
+def version_of(argv: Sequence[str], pattern: str = r"\d+\.\d+(?:\.\d+)?(?:[-+~][\w.+~]+)?") -> str:
     """First version-looking token of a tool's version output ('missing' if absent)."""
     if shutil.which(argv[0]) is None:
         return "missing"

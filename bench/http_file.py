@@ -196,7 +196,8 @@ def profile(px: Pxeforge, opts: Opts, result: BenchResult) -> list[str]:
                 raw = spy.stop()
         finally:
             procs.stop_all()
-    return ["**3 curl downloads and one wrk run** (py-spy at 250 Hz):", ""] + summarize_profile(raw)
+        summary = summarize_profile(raw)  # before the temp dir goes
+    return ["**3 curl downloads and one wrk run** (py-spy at 250 Hz):", "", *summary]
 
 
 if __name__ == "__main__":
