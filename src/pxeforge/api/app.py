@@ -84,7 +84,15 @@ from pxeforge.inventory.states import (
 )
 from pxeforge.inventory.store import MAX_LIMIT, Store
 
-__all__ = ["API_CONTEXT", "ROUTES", "ApiContext", "create_app", "start_api"]
+__all__ = [
+    "API_CONTEXT",
+    "API_USER",
+    "API_VERSION",
+    "ROUTES",
+    "ApiContext",
+    "create_app",
+    "start_api",
+]
 
 log = logging.getLogger("pxeforge.api")
 
@@ -118,6 +126,10 @@ class ApiContext:
 
 
 API_CONTEXT: Final = web.AppKey("api_context", ApiContext)
+API_VERSION: Final = web.RequestKey("api_version", Version)
+"""The request's negotiated microversion (set by the version middleware)."""
+API_USER: Final = web.RequestKey("api_user", str)
+"""The authenticated user name (absent with noauth)."""
 
 ROUTES = web.RouteTableDef()
 
@@ -132,8 +144,7 @@ def _ctx(request: web.Request) -> ApiContext:
 
 
 def _version(request: web.Request) -> Version:
-    version: Version = request["api_version"]
-    return version
+    return request[API_VERSION]
 
 
 def _base(request: web.Request) -> str:
@@ -141,8 +152,7 @@ def _base(request: web.Request) -> str:
 
 
 def _user(request: web.Request) -> str | None:
-    user: str | None = request.get("api_user")
-    return user
+    return request.get(API_USER)
 
 
 def _json(data: Any, status: int = 200, **headers: str) -> web.Response:
@@ -235,7 +245,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = _json(error_body(status, message), status)
         if status == 401:
             response.headers["WWW-Authenticate"] = f'Basic realm="{REALM}"'
-    for name, value in response_headers(request.get("api_version")).items():
+    for name, value in response_headers(request.get(API_VERSION)).items():
         response.headers[name] = value
     response.headers.setdefault("Vary", HEADER)
     return response
@@ -244,7 +254,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 @web.middleware
 async def _negotiate(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        request["api_version"] = negotiate(
+        request[API_VERSION] = negotiate(
             request.headers.get(HEADER), request.headers.get(STANDARD_HEADER)
         )
     except VersionError as exc:
@@ -262,7 +272,7 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise Unauthorized("Authentication required: HTTP Basic credentials expected")
     if not await ctx.run(ctx.htpasswd.check, *creds):
         raise Unauthorized("Authentication failed: wrong user name or password")
-    request["api_user"] = creds[0]
+    request[API_USER] = creds[0]
     return await handler(request)
 
 

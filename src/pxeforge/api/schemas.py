@@ -352,8 +352,12 @@ def apply_patch(doc: JsonObject, patch: Any) -> JsonObject:
     Any failure (missing member, bad index, malformed operation) is a `BadRequest` naming the
     operation; ``doc`` itself is never modified.
     """
+    return _apply(doc, _check_ops(patch))
+
+
+def _apply(doc: JsonObject, ops: list[JsonObject]) -> JsonObject:
     result = copy.deepcopy(doc)
-    for op in _check_ops(patch):
+    for op in ops:
         path = op["path"]
         tokens = _pointer(path)
         parent: Any = result
@@ -409,7 +413,7 @@ def _patch_changes(
         if op["op"] == "remove" and len(_pointer(op["path"])) == 1 and spec.mandatory:
             raise BadRequest(f"'/{root}' is a mandatory attribute and can not be removed")
     # a root-level remove resets the field to its default (it stays in the document)
-    patched = apply_patch(view, [op for op in ops if not _is_root_remove(op)])
+    patched = _apply(view, [op for op in ops if not _is_root_remove(op)])
     changes: JsonObject = {}
     for op in ops:
         root = _pointer(op["path"])[0]
