@@ -129,7 +129,8 @@ def find_python(pid: int, script: str) -> int:
     """The process under ``pid`` (or ``pid`` itself) running ``script``."""
     for candidate in (pid, *descendants(pid)):
         with contextlib.suppress(OSError):
-            if script in Path(f"/proc/{candidate}/cmdline").read_text():
+            argv = Path(f"/proc/{candidate}/cmdline").read_text().split("\0")
+            if "python" in Path(argv[0]).name and any(script in arg for arg in argv):
                 return candidate
     raise AssertionError(f"no process running {script} under {pid}")
 
