@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -133,6 +134,36 @@ def find_python(pid: int, script: str) -> int:
             if "python" in Path(argv[0]).name and any(script in arg for arg in argv):
                 return candidate
     raise AssertionError(f"no process running {script} under {pid}")
+
+
+# ---------------------------------------------------------------------- the log
+
+_RECORD = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) (\S+) ", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    level: str
+    logger: str
+    text: str  # the message and any traceback after it
+
+    @property
+    def exception(self) -> str | None:
+        """The last line of the traceback ("module.Class: message"), if there is one."""
+        if "Traceback (most recent call last)" not in self.text:
+            return None
+        lines = [line for line in self.text.splitlines() if line and not line[0].isspace()]
+        return lines[-1]
+
+
+def log_records(log: str) -> list[LogRecord]:
+    """A serve_runner log ("LEVEL logger message", tracebacks below) cut into records."""
+    starts = list(_RECORD.finditer(log))
+    out = []
+    for match, after in zip(starts, [*starts[1:], None], strict=True):
+        end = after.start() if after is not None else len(log)
+        out.append(LogRecord(match[1], match[2], log[match.end() : end]))
+    return out
 
 
 # ---------------------------------------------------------------------- the server
