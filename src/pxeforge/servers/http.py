@@ -249,7 +249,13 @@ class _Handlers:
         )
 
     async def callback(self, request: web.Request) -> web.Response:
-        body = await request.read()
+        try:
+            body = await request.read()
+        except ConnectionError:  # the client hung up before its whole body arrived
+            log.info(
+                "callback from %s: connection lost before the body was complete", request.remote
+            )
+            return _text(400, "incomplete body\n")
         try:
             record = parse_callback(body, request.query)
         except ValueError as exc:
