@@ -303,10 +303,10 @@ def test_ipmi_sim_powers_a_qemu_vm(tmp_path: Path) -> None:
             except BmcUnreachable:
                 assert time.monotonic() < deadline, "ipmi_sim did not answer"
         driver.set_power_state(info, PowerState.POWER_ON, timeout=20)
-        vm_pid = int(_wait_for(lambda: pidfile.exists() and pidfile.read_text().strip()))
-        _wait_for(qmp.exists)
-        with Qmp(str(qmp)) as monitor:
-            assert monitor.status() == "running"
+        _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != "")
+        vm_pid = int(pidfile.read_text())
+        _wait_for(lambda: _qemu_status(qmp) is not None)  # listening, not just bound
+        assert _qemu_status(qmp) == "running"
         driver.set_power_state(info, PowerState.POWER_OFF, timeout=30)
         assert not _alive(vm_pid)
         # QEMU ended on the BMC's request over the ipmi-bmc-extern link: no SIGTERM was needed
@@ -318,12 +318,19 @@ def test_ipmi_sim_powers_a_qemu_vm(tmp_path: Path) -> None:
         stop(sim)
 
 
-def _wait_for(check: Callable[[], object], timeout: float = 20.0) -> object:
+def _wait_for(check: Callable[[], bool], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
-    while not (result := check()):
+    while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {check}"
         time.sleep(0.05)
-    return result
+
+
+def _qemu_status(qmp: Path) -> str | None:
+    try:
+        with Qmp(str(qmp)) as monitor:
+            return monitor.status()
+    except BmcUnreachable:
+        return None
 
 
 def _alive(pid: int) -> bool:

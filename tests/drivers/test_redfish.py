@@ -82,15 +82,17 @@ def test_power_on_reboot_soft_off(sushy: Sushy) -> None:
 
 
 @pytest.mark.interop
-def test_hard_off_and_already_there(sushy: Sushy) -> None:
-    driver = fast()
-    uuid = sushy.systems[0]["uuid"]
-    info = sushy.info(redfish_system_id=f"/redfish/v1/Systems/{uuid}")
-    driver.set_power_state(info, PowerState.POWER_OFF, timeout=30)  # already off: no request
-    assert "POST" not in sushy.log()
-    driver.set_power_state(info, PowerState.POWER_ON, timeout=30)
-    driver.set_power_state(info, PowerState.POWER_OFF, timeout=30)  # ForceOff
-    assert driver.get_power_state(sushy.info(redfish_system_id=uuid)) is PowerState.POWER_OFF
+def test_hard_off_and_already_there() -> None:
+    with sushy_emulator([fake_system(1, power="On")]) as sushy:
+        driver = fast()
+        uuid = sushy.systems[0]["uuid"]
+        info = sushy.info(redfish_system_id=f"/redfish/v1/Systems/{uuid}")
+        driver.set_power_state(info, PowerState.POWER_ON, timeout=30)  # already on: no request
+        assert "POST" not in sushy.log()
+        driver.set_power_state(info, PowerState.POWER_OFF, timeout=30)  # ForceOff
+        assert sushy.log().count("POST") == 1
+        bare_id = sushy.info(redfish_system_id=uuid)
+        assert driver.get_power_state(bare_id) is PowerState.POWER_OFF
 
 
 @pytest.mark.interop

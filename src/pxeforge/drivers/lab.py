@@ -227,15 +227,19 @@ class LabDriver:
 
     def _await(self, qmp: Qmp, wanted: frozenset[str], deadline: float, what: str) -> str:
         """Poll the run state until it is one of ``wanted``; `PowerTimeout` at ``deadline``."""
+        status = "unknown"
         while True:
-            status = qmp.status()
-            if status in wanted:
-                return status
-            if time.monotonic() + self.poll_interval >= deadline:
-                raise PowerTimeout(
-                    f"lab {qmp.path}: {what}: still {status!r} when the time ran out"
-                )
-            time.sleep(self.poll_interval)
+            try:
+                status = qmp.status()
+            except PowerTimeout:
+                status = f"{status} (the last answer)"
+            else:
+                if status in wanted:
+                    return status
+                if time.monotonic() + self.poll_interval < deadline:
+                    time.sleep(self.poll_interval)
+                    continue
+            raise PowerTimeout(f"lab {qmp.path}: {what}: still {status} when the time ran out")
 
     # -- PowerDriver --
 
@@ -294,9 +298,9 @@ class LabDriver:
     def _off(self, qmp: Qmp, deadline: float) -> None:
         if qmp.status() in OFF_STATES:
             return
-        qmp.execute("stop")
-        qmp.execute("system_reset")
-        self._await(qmp, OFF_STATES, deadline, "power off")
+        qmp.execute("stop")  # "paused" at once …
+        qmp.execute("system_reset")  # … and "prelaunch" once the main loop has reset it
+        self._await(qmp, frozenset({"prelaunch"}), deadline, "power off")
 
     def _soft_off(self, qmp: Qmp, deadline: float) -> None:
         if qmp.status() in OFF_STATES:
