@@ -174,8 +174,10 @@ def test_boot_device(start_vm: StartVm) -> None:
     driver = LabDriver()
     assert driver.set_boot_device(vm.info, BootDevice.PXE) is not None
     assert driver.get_boot_device(vm.info) == BootSetting(BootDevice.PXE, True)
+    assert "local-boot" in (driver.set_boot_device(vm.info, BootDevice.DISK, True) or "")
+    assert driver.get_boot_device(vm.info) == BootSetting(BootDevice.PXE, True)
     with pytest.raises(UnsupportedError, match="always boots from the network"):
-        driver.set_boot_device(vm.info, BootDevice.DISK)
+        driver.set_boot_device(vm.info, BootDevice.CDROM)
 
 
 def test_qmp_errors_are_reported(start_vm: StartVm) -> None:

@@ -34,9 +34,9 @@ whose process ended has no way back; its socket is gone and the driver says so
 
 Boot device: lab VMs are built to boot from the network first (``-boot n`` for BIOS,
 ``bootindex=1`` on the NIC for UEFI, `pxeforge.lab.qemu`), and pxeforge itself answers a
-machine that should boot its disk with a local-boot config. So ``pxe`` is accepted (a note says
-it is the VM's fixed order), the others are `UnsupportedError`, and the reported setting is
-always (pxe, persistent).
+machine that should boot its disk with a local-boot config. So ``pxe`` and ``disk`` are
+accepted with a note saying how (the order itself never changes), ``cdrom``/``bios``/``safe``
+are `UnsupportedError`, and the reported setting is always (pxe, persistent).
 
 ``driver_info``: ``lab_qmp_socket`` (required), the absolute path of the VM's QMP socket.
 """
@@ -326,12 +326,17 @@ class LabDriver:
         self, info: DriverInfo, device: BootDevice, persistent: bool = False
     ) -> str | None:
         self.validate(info)
-        if BootDevice(device) is not BootDevice.PXE:
-            raise UnsupportedError(
-                f'lab: a lab VM always boots from the network first; "{device}" cannot be set '
-                "(pxeforge hands a machine that should boot its disk a local-boot config)"
+        device = BootDevice(device)
+        if device is BootDevice.PXE:
+            return "lab VM: network boot is its fixed first boot device"
+        if device is BootDevice.DISK:
+            return (
+                "lab VM: it keeps booting from the network first; pxeforge answers it with a "
+                "local-boot config, which boots its disk"
             )
-        return "lab VM: network boot is its fixed first boot device"
+        raise UnsupportedError(
+            f'lab: a lab VM always boots from the network first; "{device}" cannot be set'
+        )
 
     def get_boot_device(self, info: DriverInfo) -> BootSetting:
         self.validate(info)

@@ -382,10 +382,10 @@ class RedfishDriver:
         client.request("POST", str(target), {"ResetType": reset_type}, deadline=deadline)
 
     def _wait(
-        self, client: _Client, info: DriverInfo, target: PowerState, deadline: float, what: str
+        self, client: _Client, path: str, target: PowerState, deadline: float, what: str
     ) -> None:
         def read() -> PowerState | None:
-            _, doc, _ = self._system(client, info, deadline)
+            doc, _ = client.get(path, deadline)
             return _STABLE.get(str(doc.get("PowerState")))
 
         wait_for_power_state(
@@ -444,7 +444,7 @@ class RedfishDriver:
             raise UnsupportedError(f'redfish: "{state}" is not a power target')
         if order is not None:
             self._reset(client, path, doc, order, deadline)
-        self._wait(client, info, target, deadline, f"{order or 'no change'} → {target}")
+        self._wait(client, path, target, deadline, f"{order or 'no change'} → {target}")
         return None
 
     def reboot(self, info: DriverInfo, timeout: float | None = None) -> str | None:
