@@ -369,7 +369,8 @@ class RedfishDriver:
         reset_type: str,
         deadline: float,
     ) -> None:
-        action = system.get("Actions", {}).get("#ComputerSystem.Reset", {})
+        actions = system.get("Actions")
+        action = actions.get("#ComputerSystem.Reset") if isinstance(actions, dict) else None
         if not isinstance(action, dict):
             action = {}
         allowed = action.get("ResetType@Redfish.AllowableValues")
