@@ -90,6 +90,6 @@ def trace(
     if not color:
         click.echo(render_text(result, selected), nl=False)
         return
-    console = Console(highlight=False, soft_wrap=True)
+    console = Console(force_terminal=True, highlight=False, soft_wrap=True)
     for text, style in render_lines(result, selected):
         console.print(Text(text, style=style or ""))

@@ -603,6 +603,11 @@ class _HalfStream:
         self.last_time = 0.0
         self.last_frame = 0
 
+    @property
+    def done(self) -> bool:
+        """This side sent FIN and everything before it was delivered (or counted missing)."""
+        return self.fin_at is not None and self.next >= self.fin_at and not self.pending
+
     def _offset(self, seq: int) -> int:
         assert self.base is not None
         diff = (seq - self.base) % _SEQ_MOD
@@ -710,7 +715,6 @@ class _TcpFlow:
         self.down = _HalfStream(self.responses)
         self.lost_by_request: dict[int, _Lost] = {}
         self.closed = False
-        self.fins = 0
 
     def method_for(self, index: int) -> str:
         msgs = self.requests.messages
@@ -757,10 +761,10 @@ class _TcpFlow:
                 half.segment(seg)
         if seg.flags & TcpFlag.ACK and self.kind == "http":
             other.acked(seg.ack, seg.time, seg.frame)
-        if seg.flags & TcpFlag.FIN:
-            self.fins += 1
-        if seg.flags & TcpFlag.RST or self.fins >= 2:
+        if seg.flags & TcpFlag.RST:
             self.closed = True
+        elif self.up.done and self.down.done:
+            self.closed = True  # both sides sent FIN and every byte before it is accounted for
 
     def finish(self, time: float, frame: int) -> None:
         self.up.close(time, frame)

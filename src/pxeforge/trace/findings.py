@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import enum
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -113,26 +113,43 @@ class Finding:
         return min((e.time for e in self.evidence), default=0.0)
 
 
-@dataclass(frozen=True, slots=True)
 class _Context:
-    decoded: Decoded
-    clients: Sequence[Client]
-    end_time: float
-    silent_after: float
-    snaplen_cut: int
+    """The decoded capture, indexed by client once (rules ask per client, many times)."""
+
+    def __init__(
+        self,
+        decoded: Decoded,
+        clients: Sequence[Client],
+        end_time: float,
+        silent_after: float,
+        snaplen_cut: int,
+    ) -> None:
+        self.decoded = decoded
+        self.clients = clients
+        self.end_time = end_time
+        self.silent_after = silent_after
+        self.snaplen_cut = snaplen_cut
+        self._dhcp: dict[str, list[DhcpMessage]] = defaultdict(list)
+        self._tftp: dict[str, list[TftpTransfer]] = defaultdict(list)
+        self._http: dict[str, list[HttpExchange]] = defaultdict(list)
+        for m in decoded.dhcp:
+            self._dhcp[m.mac].append(m)
+        for t in decoded.tftp:
+            self._tftp[self._key(t.mac, t.client)].append(t)
+        for x in decoded.http:
+            self._http[self._key(x.mac, x.client)].append(x)
+
+    def _key(self, mac: str | None, ip: IPv4Address) -> str:
+        return mac if mac is not None else self.decoded.ip_macs.get(ip, f"ip {ip}")
 
     def dhcp_of(self, mac: str) -> list[DhcpMessage]:
-        return [m for m in self.decoded.dhcp if m.mac == mac]
+        return self._dhcp.get(mac, [])
 
     def tftp_of(self, mac: str) -> list[TftpTransfer]:
-        return [t for t in self.decoded.tftp if _key(t.mac, t.client, self) == mac]
+        return self._tftp.get(mac, [])
 
     def http_of(self, mac: str) -> list[HttpExchange]:
-        return [x for x in self.decoded.http if _key(x.mac, x.client, self) == mac]
-
-
-def _key(mac: str | None, ip: IPv4Address, ctx: _Context) -> str:
-    return mac if mac is not None else ctx.decoded.ip_macs.get(ip, f"ip {ip}")
+        return self._http.get(mac, [])
 
 
 def _ev(msg: DhcpMessage, what: str | None = None) -> Evidence:
@@ -749,10 +766,3 @@ def find(
     out.extend(_capture(ctx))
     out.sort(key=lambda f: (f.severity.rank, f.time, f.code))
     return out
-
-
-def count_by_severity(findings: Iterable[Finding]) -> Mapping[Severity, int]:
-    counts = dict.fromkeys(Severity, 0)
-    for f in findings:
-        counts[f.severity] += 1
-    return counts

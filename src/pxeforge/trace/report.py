@@ -87,7 +87,8 @@ def _wrap(text: str, indent: int, hang: int) -> list[str]:
     ) or [text]
 
 
-def _selected(trace: Trace, macs: Collection[str] | None, mac: str | None) -> bool:
+def _selected(macs: Collection[str] | None, mac: str | None) -> bool:
+    """Shown under a --mac filter: that client's, or the capture's as a whole (mac None)."""
     return macs is None or mac is None or mac in macs
 
 
@@ -127,7 +128,7 @@ def _header(trace: Trace, macs: Collection[str] | None) -> list[Line]:
             for name, who in servers.items()
         ]
         out.append((f"DHCP servers: {'; '.join(parts)}", None))
-    clients = [c for c in trace.clients if _selected(trace, macs, c.mac)]
+    clients = [c for c in trace.clients if _selected(macs, c.mac)]
     out.append(
         (
             f"clients: {len(clients)}"
@@ -135,7 +136,7 @@ def _header(trace: Trace, macs: Collection[str] | None) -> list[Line]:
             None,
         )
     )
-    findings = [f for f in trace.findings if _selected(trace, macs, f.mac)]
+    findings = [f for f in trace.findings if _selected(macs, f.mac)]
     counts = {sev: sum(1 for f in findings if f.severity is sev) for sev in Severity}
     out.append(
         (
@@ -147,7 +148,7 @@ def _header(trace: Trace, macs: Collection[str] | None) -> list[Line]:
     return out
 
 
-def _client_lines(trace: Trace, client: Client) -> list[Line]:
+def _client_lines(trace: Trace, client: Client, events: Iterable[Event]) -> list[Line]:
     out: list[Line] = [
         ("", None),
         (f"━━ client {client.mac} " + "━" * max(0, WIDTH - 14 - len(client.mac)), "bold cyan"),
@@ -187,9 +188,7 @@ def _client_lines(trace: Trace, client: Client) -> list[Line]:
     out.append(("", None))
     out.append(("       time  frame   event", "dim"))
     last: float | None = None
-    for ev in trace.events:
-        if ev.client != client.mac:
-            continue
+    for ev in events:
         if last is not None and ev.time - last >= QUIET_GAP:
             out.append((f"{'':11}        … {ev.time - last:.1f} s later …", "dim"))
         last = ev.time
@@ -231,10 +230,13 @@ def _finding_lines(trace: Trace, finding: Finding) -> list[Line]:
 def render_lines(trace: Trace, macs: Collection[str] | None = None) -> list[Line]:
     """The whole report as (text, style) lines; ``macs`` limits it to those clients."""
     out = _header(trace, macs)
+    by_client: dict[str, list[Event]] = {}
+    for ev in trace.events:
+        by_client.setdefault(ev.client, []).append(ev)
     for client in trace.clients:
-        if _selected(trace, macs, client.mac):
-            out += _client_lines(trace, client)
-    findings = [f for f in trace.findings if _selected(trace, macs, f.mac)]
+        if _selected(macs, client.mac):
+            out += _client_lines(trace, client, by_client.get(client.mac, []))
+    findings = [f for f in trace.findings if _selected(macs, f.mac)]
     out.append(("", None))
     out.append(("findings" if findings else "findings: none — nothing looks wrong", "bold"))
     for finding in findings:
@@ -407,14 +409,14 @@ def to_json(trace: Trace, macs: Collection[str] | None = None) -> dict[str, Any]
     transfers: list[dict[str, Any]] = []
     for t in trace.decoded.tftp:
         client = _client_of(trace, t.mac, t.client)
-        if _selected(trace, macs, client):
+        if _selected(macs, client):
             transfers.append(_tftp_json(trace, t, client))
     for x in trace.decoded.http:
         client = _client_of(trace, x.mac, x.client)
-        if _selected(trace, macs, client):
+        if _selected(macs, client):
             transfers.append(_http_json(trace, x, client))
     transfers.sort(key=lambda d: (d["t"], d["frame"]))
-    findings = [f for f in trace.findings if _selected(trace, macs, f.mac)]
+    findings = [f for f in trace.findings if _selected(macs, f.mac)]
     return {
         "schema": SCHEMA,
         "capture": {
@@ -429,8 +431,8 @@ def to_json(trace: Trace, macs: Collection[str] | None = None) -> dict[str, Any]
             "snaplen_cut": s.snaplen_cut,
             "notes": list(s.notes),
         },
-        "clients": [_client_json(trace, c) for c in trace.clients if _selected(trace, macs, c.mac)],
-        "events": [_event_json(trace, e) for e in trace.events if _selected(trace, macs, e.client)],
+        "clients": [_client_json(trace, c) for c in trace.clients if _selected(macs, c.mac)],
+        "events": [_event_json(trace, e) for e in trace.events if _selected(macs, e.client)],
         "transfers": transfers,
         "findings": [_finding_json(trace, f) for f in findings],
         "summary": {sev.value: sum(1 for f in findings if f.severity is sev) for sev in Severity},

@@ -94,7 +94,7 @@ class ConfigSearch:
     loader: str  # "pxelinux", "grub", "shim"
     client: str
     transfers: tuple[TftpTransfer, ...]
-    steps: tuple[str, ...]  # what each name is: "uuid", "01-mac", "hex-ip/8", "default"…
+    steps: tuple[str, ...]  # each name: "uuid", "01-mac", "hex-ip/8", "default", "optional"…
     served: tuple[str, ...]
 
     @property
@@ -517,7 +517,7 @@ def _searches(client: str, transfers: Sequence[TftpTransfer]) -> list[ConfigSear
             elif kind == "grub":
                 steps = tuple(_grub_step(t.filename) for t in run)
             else:
-                steps = tuple(t.filename.rsplit("/", 1)[-1] for t in run)
+                steps = tuple("optional" for _ in run)
             served = tuple(t.filename.rsplit("/", 1)[-1] for t in run if _served(t))
             out.append(ConfigSearch(kind, client, tuple(run), steps, served))
         run.clear()

@@ -1,23 +1,17 @@
 """Broken boots, synthesized: each finding is raised, with the frames that show it.
 
-Every capture is built packet by packet (`wire.Wire`: our DHCP and TFTP codecs for the
+Every capture is built packet by packet (`trace_wire.Wire`: our DHCP and TFTP codecs for the
 payloads, dpkt for the frames and the pcap file) and read back by `trace_bytes`, exactly as
 `pxeforge trace` reads a file.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import IPv4Address
 
 import pytest
-
-from pxeforge.protocols.dhcp import MessageType
-from pxeforge.trace import Trace, trace_bytes
-from pxeforge.trace.decode import Ending
-from pxeforge.trace.findings import Finding, Severity
-from pxeforge.trace.report import render_text
-
-from .wire import (
+from trace_wire import (
     ROGUE_IP,
     ROGUE_MAC,
     SERVER_IP,
@@ -27,6 +21,12 @@ from .wire import (
     pxe_request,
     server_reply,
 )
+
+from pxeforge.protocols.dhcp import MessageType
+from pxeforge.trace import Trace, trace_bytes
+from pxeforge.trace.decode import Ending
+from pxeforge.trace.findings import Finding, Severity
+from pxeforge.trace.report import render_text
 
 MAC = "52:54:00:77:00:10"
 IP = IPv4Address("192.168.77.145")
@@ -189,6 +189,35 @@ def test_proxydhcp_beside_a_dhcp_server_is_not_rogue() -> None:
     assert not {"rogue-dhcp", "no-boot-file", "offer-without-request"} & codes(trace)
     text = flat(render_text(trace))
     assert f"ProxyDHCP OFFER from {ROGUE_IP}" in text
+    assert trace.client(MAC).stages[0].boot_file == "pxelinux.0"
+
+
+def test_proxydhcp_boot_server_on_port_4011() -> None:
+    """PXE 2.1 §2.2.3: address from the DHCP server, boot file from the boot server on 4011."""
+    w = Wire()
+    disc = pxe_request(MAC, MessageType.DISCOVER)
+    w.dhcp_client(0.0, disc)
+    w.dhcp_server(0.001, server_reply(disc, MessageType.OFFER, yiaddr=IP))
+    w.dhcp_server(
+        0.002,
+        proxy_offer(disc, server=ROGUE_IP, file="pxelinux.0"),
+        server=ROGUE_IP,
+        server_mac=ROGUE_MAC,
+    )
+    req = pxe_request(MAC, MessageType.REQUEST, server_id=SERVER_IP, requested=IP)
+    w.dhcp_client(0.01, req)
+    w.dhcp_server(0.011, server_reply(req, MessageType.ACK, yiaddr=IP))
+    boot = pxe_request(MAC, MessageType.REQUEST, xid=0x4011)
+    boot = replace(boot, ciaddr=IP)
+    w.dhcp_client(0.02, boot, dst=ROGUE_IP, port=4011)
+    ack = proxy_offer(boot, server=ROGUE_IP, file="pxelinux.0")
+    ack = replace(ack, options={**ack.options, 53: bytes((MessageType.ACK,))})
+    w.dhcp_server(0.021, ack, server=ROGUE_IP, server_mac=ROGUE_MAC, port=4011)
+    trace = traced(w)
+    assert not trace.findings
+    text = flat(render_text(trace))
+    assert f"PXE boot-server DHCP REQUEST 192.168.77.145:68 → {ROGUE_IP}:4011" in text
+    assert f"ProxyDHCP ACK from {ROGUE_IP}" in text
     assert trace.client(MAC).stages[0].boot_file == "pxelinux.0"
 
 

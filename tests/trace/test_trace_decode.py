@@ -6,13 +6,12 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 
 import dpkt
+from trace_wire import SERVER_IP, SERVER_MAC, Wire, dora
 
 from pxeforge.protocols import tftp
 from pxeforge.trace import Trace, trace_bytes
 from pxeforge.trace.decode import Ending
 from pxeforge.trace.report import render_text
-
-from .wire import SERVER_IP, SERVER_MAC, Wire, dora
 
 MAC = "52:54:00:77:00:10"
 IP = IPv4Address("192.168.77.145")
@@ -100,6 +99,28 @@ def test_http_chunked_and_keep_alive() -> None:
     assert (
         "iPXE script: kernel http://10.0.0.1/vmlinuz | initrd http://10.0.0.1/initrd | boot" in text
     )
+
+
+def test_http_fin_retransmitted_before_a_hole_is_filled() -> None:
+    """A server FIN seen twice must not end the connection while a hole is still open."""
+    w = Wire()
+    c, s = (IP, 40005), (SERVER_IP, 8080)
+    w.tcp(0.0, MAC, SERVER_MAC, *c, *s, 0, 0, SYN)
+    w.tcp(0.001, SERVER_MAC, MAC, *s, *c, 7000, 1, SYN | ACK)
+    request = b"GET /k HTTP/1.1\r\nHost: x\r\n\r\n"
+    w.tcp(0.002, MAC, SERVER_MAC, *c, *s, 1, 7001, PSH | ACK, request)
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n" + bytes(3000)
+    a, b, rest = response[:1000], response[1000:2000], response[2000:]
+    cack = 1 + len(request)
+    w.tcp(0.003, SERVER_MAC, MAC, *s, *c, 7001, cack, ACK, a)
+    end = 7001 + len(response)
+    w.tcp(0.004, SERVER_MAC, MAC, *s, *c, 7001 + 2000, cack, FIN | PSH | ACK, rest)  # b is lost
+    w.tcp(0.005, MAC, SERVER_MAC, *c, *s, cack, 7001 + 1000, ACK)  # duplicate ACK: the hole
+    w.tcp(0.2, SERVER_MAC, MAC, *s, *c, 7001 + 2000, cack, FIN | PSH | ACK, rest)  # FIN again
+    w.tcp(0.4, SERVER_MAC, MAC, *s, *c, 7001 + 1000, cack, ACK, b)  # the hole, retransmitted
+    w.tcp(0.401, MAC, SERVER_MAC, *c, *s, cack, end + 1, FIN | ACK)
+    (x,) = traced(w).decoded.http
+    assert (x.status, x.body_bytes, x.missing_bytes, x.complete) == (200, 3000, 0, True)
 
 
 def test_http_gap_in_a_body_keeps_the_connection_in_step() -> None:

@@ -4,6 +4,10 @@
 Helpers speak the protocols the way real clients do: a PXE DISCOVER like QEMU's iPXE ROM or
 OVMF, a server's OFFER/ACK via `make_reply`, a whole TFTP transfer (RRQ, OACK, DATA/ACK in
 lock step, with retransmits, errors or silence on demand), an HTTP GET over a TCP connection.
+
+(tests/trace has no __init__.py on purpose: as a package it would be named ``trace`` and hide
+the standard library's ``trace`` module for the whole test session. Its modules are therefore
+imported by their own, prefixed, names.)
 """
 
 from __future__ import annotations

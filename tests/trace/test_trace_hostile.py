@@ -17,6 +17,7 @@ import dpkt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from trace_wire import SERVER_IP, SERVER_MAC, Wire, dora, mac_bytes, pxe_request
 
 from pxeforge.errors import PxeforgeError
 from pxeforge.protocols import tftp
@@ -24,8 +25,6 @@ from pxeforge.protocols.dhcp import MessageType
 from pxeforge.trace import CaptureError, Trace, trace_bytes, trace_capture
 from pxeforge.trace.decode import Ending
 from pxeforge.trace.report import render_text, to_json
-
-from .wire import SERVER_IP, SERVER_MAC, Wire, dora, mac_bytes, pxe_request
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 BIOS = (DATA / "bios-ipxe-boot-control.pcap").read_bytes()
