@@ -304,7 +304,6 @@ async def root(request: web.Request) -> web.Response:
 
 
 @ROUTES.get("/v1")
-@ROUTES.get("/v1/")
 async def v1(request: web.Request) -> web.Response:
     base = _base(request)
     return _json(
@@ -870,9 +869,20 @@ def create_app(
     """The API application; ``extra_routes`` (another issue's endpoints) come first."""
     app = web.Application(middlewares=[_errors, _negotiate, _auth], client_max_size=MAX_BODY)
     app[API_CONTEXT] = ctx
-    app.router.add_routes(list(extra_routes))
-    app.router.add_routes(ROUTES)
+    routes = [*extra_routes, *ROUTES]
+    app.router.add_routes(routes)
+    # clients may add a trailing slash (python-ironicclient lists "/v1/ports/?node=…")
+    app.router.add_routes([_slashed(r) for r in routes if _slashable(r)])
     return app
+
+
+def _slashable(route: web.AbstractRouteDef) -> bool:
+    return isinstance(route, web.RouteDef) and route.path != "/" and not route.path.endswith("/")
+
+
+def _slashed(route: web.AbstractRouteDef) -> web.RouteDef:
+    assert isinstance(route, web.RouteDef)
+    return web.RouteDef(route.method, route.path + "/", route.handler, route.kwargs)
 
 
 @dataclass

@@ -48,7 +48,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-import importlib
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -63,6 +62,7 @@ from pxeforge.drivers.base import (
     DriverError,
     PowerState,
 )
+from pxeforge.drivers.registry import get_driver
 from pxeforge.inventory.errors import (
     InvalidParameterValue,
     InvalidState,
@@ -155,9 +155,7 @@ class Step:
 
 def default_drivers(name: str) -> Driver:
     """The driver registry's lookup (`pxeforge.drivers.registry.get_driver`)."""
-    registry = importlib.import_module("pxeforge.drivers.registry")
-    driver: Driver = registry.get_driver(name)
-    return driver
+    return get_driver(name)
 
 
 def _power(value: PowerState | str | None) -> str | None:
