@@ -409,6 +409,13 @@ class PySpy:
         return self.out
 
 
+_BUCKETS = {  # label: a marker in the stack text
+    "logging": "(logging/__init__.py",
+    "thread-pool hand-offs": "(concurrent/futures/",
+    "epoll wait (selectors)": "(selectors.py",
+    "dataclass __init__": "__create_fn__",
+    "ipaddress": "(ipaddress.py",
+}
 _FRAME = re.compile(r"^(?P<fn>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 
@@ -430,6 +437,7 @@ def summarize_profile(raw: Path, top: int = 8) -> list[str]:
     own: dict[str, int] = {}
     own_line: dict[tuple[str, str], int] = {}
     incl: dict[str, int] = {}
+    bucket = dict.fromkeys(_BUCKETS, 0)
     total = 0
     if not raw.exists():
         return [f"(no profile: {raw.name} missing)"]
@@ -451,6 +459,9 @@ def summarize_profile(raw: Path, top: int = 8) -> list[str]:
         own_line[key] = own_line.get(key, 0) + count
         for name in {_short(f, line=False) for f in frames}:
             incl[name] = incl.get(name, 0) + count
+        for label, marker in _BUCKETS.items():
+            if marker in stack:
+                bucket[label] += count
     if not total:
         return ["(profile empty)"]
 
@@ -474,6 +485,9 @@ def summarize_profile(raw: Path, top: int = 8) -> list[str]:
     ]
     for name, n in sorted(wanted, key=lambda kv: -kv[1])[:top]:
         out.append(f"- {pct(n)} `{name}`")
+    buckets = [f"{label} {pct(n).strip()}" for label, n in bucket.items() if n]
+    if buckets:
+        out += ["", "Inclusive time in the standard library: " + ", ".join(buckets) + "."]
     return out
 
 

@@ -36,6 +36,7 @@ from benchlib import (
     standalone,
     summarize_profile,
     tcp_ready,
+    wait_for_text,
     wait_until,
 )
 
@@ -86,6 +87,7 @@ def start(name: str, procs: Procs, px: Pxeforge, root: Path, tmp: Path) -> subpr
             "--kernel", str(root / "vmlinuz"),
         )  # fmt: skip
         proc = procs.start(name, argv, env=px.env)
+        wait_for_text(procs.logdir / f"{name}.log", "pxeforge serving", proc, timeout=60)
     else:
         prefix = tmp / "nginx"
         prefix.mkdir(exist_ok=True)

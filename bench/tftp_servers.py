@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchlib import Procs, Pxeforge, wait_until
+from benchlib import Procs, Pxeforge, wait_for_text, wait_until
 from tftp_client import ERROR, probe
 
 HOST = "127.0.0.1"
@@ -66,6 +66,11 @@ def start(name: str, procs: Procs, px: Pxeforge, root: Path, work: Path, *, cpu:
         answer = probe(HOST, port, "no-such-file", {}, wait=0.2)
         return answer is not None and answer[0] == ERROR
 
+    if name == "pxeforge":
+        # TFTP answers before `serve` has started everything else (the inventory database,
+        # conductor and REST API, credentials hashed with bcrypt): wait for all of it, so
+        # that no measurement shares the CPU with start-up work.
+        wait_for_text(server.log, "pxeforge serving", proc, timeout=60)
     wait_until(answering, timeout=30, what=f"{name} to answer TFTP on {HOST}:{port}")
     return server
 
