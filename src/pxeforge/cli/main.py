@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, str] = {
     "lab": "pxeforge.cli.lab:lab",
     "ramdisk": "pxeforge.cli.ramdisk:ramdisk",
     "trace": "pxeforge.cli.trace:trace",
+    "node": "pxeforge.cli.node:node",
 }
 
 
