@@ -562,8 +562,13 @@ def test_client_silent_after_its_ack() -> None:
     w = Wire()
     dora(w, 0.0, MAC, IP, "pxelinux.0")
     w.arp(30.0)
-    finding = only(traced(w), "client-silent")
+    trace = traced(w)
+    finding = only(trace, "client-silent")
     assert 'named the boot file "pxelinux.0", which it never asked for' in finding.message
+    assert trace.client(MAC).chain == (
+        "BIOS PXE firmware (x86 BIOS, UNDI 2.1)",
+        "pxelinux.0 (not fetched)",
+    )
 
 
 def test_silence_threshold_is_a_parameter() -> None:

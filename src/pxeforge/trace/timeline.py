@@ -181,13 +181,14 @@ class Client:
         out: list[str] = []
         for stage in self.stages:
             out.append(stage.label)
-            fetched = [_short(f) for f in stage.files]
+            fetched: list[str] = []
+            for name in (_short(f) for f in stage.files):
+                if name not in fetched:
+                    fetched.append(name)
             given = _short(stage.boot_file) if stage.boot_file else None
             if given and given not in fetched and not stage.label.startswith("OS"):
-                out.append(given)
-            for name in fetched:
-                if name not in out[-len(fetched) - 1 :]:
-                    out.append(name)
+                out.append(f"{given} (not fetched)")
+            out.extend(fetched)
         if self.callback:
             out.append("callback")
         return tuple(out)
