@@ -132,6 +132,13 @@ def test_wait_fails_on_bad_credentials(server: tuple[str, Path]) -> None:
         "--driver-info", "fake_fail=auth")  # fmt: skip
     result = run(server, "manage", "bad", "--wait", code=1)
     assert "Failed to get power state" in result.output
+    # a failure state ends the wait too (deploy failed keeps its target, "active")
+    run(server, "create", "--driver", "fake-hardware", "--name", "d1")
+    run(server, "manage", "d1", "--wait")
+    run(server, "provide", "d1", "--wait")
+    run(server, "set", "d1", "--driver-info", "fake_fail=BMC on fire")
+    result = run(server, "deploy", "d1", "--wait", "--timeout", "30", code=1)
+    assert "BMC on fire" in result.output and "deploy failed" in result.output
 
 
 def test_auth_and_connection_errors(server: tuple[str, Path], tmp_path: Path) -> None:

@@ -362,9 +362,10 @@ def _wait(client: ApiClient, ident: str, verb: str, timeout: float) -> None:
             record = client.get(f"/v1/nodes/{_q(ident)}")
             live.update(_status_line(record, started))
             state = record["provision_state"]
-            if state in STABLE_STATES or state in FAILURE_STATES:
-                if not record.get("target_provision_state"):
-                    break
+            if state in FAILURE_STATES:
+                break
+            if state in STABLE_STATES and not record.get("target_provision_state"):
+                break
             if timeout and time.monotonic() - started > timeout:
                 console.print(_status_line(record, started))
                 raise click.exceptions.Exit(2)
