@@ -648,13 +648,16 @@ def run_fuzz(
     chase: Mutator | None = None,
     chase_share: float = 0.3,
     extra_ports: Callable[[], Iterable[int]] | None = None,
+    fuzz_socket: socket.socket | None = None,
 ) -> FuzzReport:
     """Send up to ``count`` mutants to ``target`` within ``seconds`` (see the module docstring).
 
     ``chase``: a mutator for transfer sockets (TFTP); ``chase_share`` of the datagrams go to
     transfer ports once some are known, half from the fuzz socket (right TID), half from a
     stranger socket (wrong TID). ``extra_ports()`` adds ports to chase (transfers of other
-    clients, for wrong-TID datagrams only); it is asked once per window.
+    clients, for wrong-TID datagrams only); it is asked once per window. ``fuzz_socket``: a
+    bound UDP socket to send the mutants from, left open for the caller (to end the transfers
+    it started, from their TID); by default one is bound to ``bind`` and closed at the end.
     """
     if count < 0 or seconds <= 0 or window < 1:
         raise ValueError("count >= 0, seconds > 0 and window >= 1 are required")
@@ -662,8 +665,12 @@ def run_fuzz(
     rng = random.Random(mutator.seed ^ 0x5EED)  # the choice of targets is seeded too
     host = target[0]
     with contextlib.ExitStack() as stack:
-        fuzz = stack.enter_context(_udp(bind, device))
-        stranger = stack.enter_context(_udp((bind[0], 0), device))
+        if fuzz_socket is None:
+            fuzz = stack.enter_context(_udp(bind, device))
+        else:
+            fuzz = fuzz_socket
+            fuzz.setblocking(False)
+        stranger = stack.enter_context(_udp((fuzz.getsockname()[0], 0), device))
         probe_sock = None
         if probe is not None:
             probe_sock = stack.enter_context(_udp(probe.bind, probe.device))
