@@ -1,11 +1,12 @@
 """`pxeforge trace` on captures the lab records of real firmware booting through pxeforge.
 
-Each boot path is run once per module with `pxeforge.lab.run.run_lab` (QEMU under TCG in a
-private network namespace, tcpdump on the bridge, torn down before the result returns); the
-trace of its pcap must show the chain the firmware really walked, the OVMF size probe, the
-pxelinux/GRUB config searches, transfers whose byte counts match what the server announced
-(tsize, Content-Length), the callback — and no error or warning finding. The lab's own tests
-(tests/lab) check the boot itself; these check that the trace tells it right.
+Each boot path is the session's shared boot (``lab_captures`` in tests/lab/conftest.py: QEMU
+under TCG in a private network namespace, tcpdump on the bridge, torn down before the result
+returns), so tests/lab/test_boot_paths.py and these share four boots; the trace of its pcap must
+show the chain the firmware really walked, the OVMF size probe, the pxelinux/GRUB config
+searches, transfers whose byte counts match what the server announced (tsize, Content-Length),
+the callback — and no error or warning finding. The lab's own tests (tests/lab) check the boot
+itself; these check that the trace tells it right.
 
 Skipped, with the reason, when not root or when /dev/net/tun, QEMU, ip or tcpdump is missing.
 """
@@ -13,71 +14,43 @@ Skipped, with the reason, when not root or when /dev/net/tun, QEMU, ip or tcpdum
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from pxeforge.boot.booter import KERNEL_REF
 from pxeforge.config import BootMethod
-from pxeforge.lab import netns
-from pxeforge.lab.qemu import QEMU, VmFirmware
-from pxeforge.lab.run import LabConfig, LabResult, run_lab
+from pxeforge.lab.qemu import VmFirmware
+from pxeforge.lab.run import LabResult
 from pxeforge.trace import Trace, trace_capture
 from pxeforge.trace.decode import Ending
 from pxeforge.trace.findings import Severity
 from pxeforge.trace.report import render_text, to_json
 
+from .conftest import LabBoot
+
 pytestmark = pytest.mark.lab
 
 BIOS, UEFI = VmFirmware.BIOS, VmFirmware.UEFI
 PXELINUX, IPXE = BootMethod.PXELINUX, BootMethod.IPXE
-BOOT_TIMEOUT = 150.0  # seconds; TCG boots take 25-50 s
 OS_STAGE = 'OS DHCP client (vendor class "pxelab-guest")'
 KERNEL = KERNEL_REF.rsplit("/", 1)[-1]
+
 
 LabTrace = Callable[..., tuple[LabResult, Trace]]
 
 
-def skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "lab tests need root (network namespaces, taps)"
-    if not Path("/dev/net/tun").exists():
-        return "lab tests need /dev/net/tun"
-    for tool in (QEMU, "ip", "tcpdump"):
-        if shutil.which(tool) is None:
-            return f"lab tests need {tool}"
-    return None
-
-
-@pytest.fixture(scope="module")
-def lab_trace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabTrace]:
-    done: dict[tuple[VmFirmware, BootMethod, int], tuple[LabResult, Trace]] = {}
+@pytest.fixture
+def lab_trace(lab_captures: LabBoot) -> LabTrace:
+    """The shared session boot of a path (tests/lab/conftest.py), traced."""
 
     def boot(firmware: VmFirmware, method: BootMethod, *, vms: int = 1) -> tuple[LabResult, Trace]:
-        key = (firmware, method, vms)
-        if key not in done:
-            reason = skip_reason()
-            if reason is not None:
-                pytest.skip(reason)
-            workdir = tmp_path_factory.mktemp(f"trace-{firmware.value}-{method.value}")
-            config = LabConfig(
-                firmware=firmware,
-                boot_method=method,
-                vms=vms,
-                timeout=BOOT_TIMEOUT,
-                workdir=workdir,
-            )
-            result = run_lab(config, report=print)
-            assert not netns.exists(result.namespace), f"the lab left {result.namespace} behind"
-            trace = trace_capture(result.pcap)
-            print(render_text(trace))
-            done[key] = (result, trace)
-        return done[key]
+        result = lab_captures(firmware, method, vms=vms)
+        trace = trace_capture(result.pcap)
+        print(render_text(trace))
+        return result, trace
 
-    yield boot
+    return boot
 
 
 def check_common(result: LabResult, trace: Trace) -> None:
