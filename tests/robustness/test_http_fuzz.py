@@ -242,6 +242,13 @@ def test_http_server_survives_malformed_requests(tmp_path: Path) -> None:
     errors = [(o, r[:120]) for o, r in zip(outcomes, requests, strict=True) if "5" == o[-3:-2]]
     assert not errors, f"{len(errors)} server errors, e.g. {errors[:5]}"
     assert not [o for o in counts if o.startswith(("garbage", "timeout"))], counts
+    # nothing outside the root was served: traversal, the symlink out, encoded dots
+    escapes = [
+        (o, r[:80])
+        for o, r in zip(outcomes, requests, strict=True)
+        if re.search(rb"passwd|escape|secret", r.split(b"\r\n", 1)[0]) and o[-3:-2] == "2"
+    ]
+    assert not escapes, escapes
     assert sum(n for o, n in counts.items() if o[-3:-2] == "4") > len(requests) // 3
     # no error of ours; aiohttp's own ERROR + traceback for each request it cannot parse is
     # noise (see test_a_bad_request_is_logged_in_one_line) but no fault
