@@ -70,11 +70,6 @@ def test_a_datagram_without_a_readable_chaddr_is_logged_with_its_source(
     assert len(lines) == 1 and "from 127.0.0.1:" in lines[0], lines
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src/pxeforge/servers/dhcp.py:513 logs only the source address of a datagram "
-    "that parse() refused, even when its chaddr (bytes 28-33) is there to read",
-)
 def test_a_malformed_datagram_with_a_readable_chaddr_is_logged_with_its_mac(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -68,12 +68,6 @@ def test_a_callback_whose_body_is_cut_short_is_not_a_server_error(
     assert not [r for r in caplog.records if '" 500 ' in r.getMessage()]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aiohttp logs every request its parser refuses as ERROR 'Error handling request' "
-    "with a traceback (logger aiohttp.server); start_http (src/pxeforge/servers/http.py, "
-    "web.AppRunner) keeps aiohttp's default logger",
-)
 def test_a_request_the_parser_refuses_is_one_log_line_not_an_error(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -510,7 +510,13 @@ class DhcpServer:
             decision = self.responder.handle(packet, self.clock(), source=addr, proxy_port=proxy)
         except DhcpError as exc:
             self.dropped += 1
-            log.info("DHCP: dropped a malformed datagram from %s:%d: %s", addr[0], addr[1], exc)
+            log.info(
+                "DHCP: dropped a malformed datagram from %s:%d%s: %s",
+                addr[0],
+                addr[1],
+                _readable_mac(data),
+                exc,
+            )
             return
         except Exception:  # a bug in policy or booter must not stop the server
             self.dropped += 1
@@ -710,3 +716,10 @@ def pool_from_settings(settings: Settings) -> LeasePool:
         reservations=settings.reservations,
         exclude=exclude,
     )
+
+
+def _readable_mac(data: bytes) -> str:
+    """`` (MAC aa:bb:…)`` when a broken datagram still has an Ethernet chaddr, else ``""``."""
+    if len(data) >= 34 and data[1] == 1 and data[2] == 6:  # htype Ethernet, hlen 6
+        return " (MAC " + ":".join(f"{b:02x}" for b in data[28:34]) + ")"
+    return ""

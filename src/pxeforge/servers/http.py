@@ -49,6 +49,7 @@ from urllib.parse import parse_qsl, unquote
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_exceptions import HttpProcessingError
 
 from pxeforge.boot.booter import Booter
 from pxeforge.boot.clients import ClientRegistry
@@ -67,6 +68,26 @@ __all__ = [
 
 log = logging.getLogger("pxeforge.http")
 access_log = logging.getLogger("pxeforge.http.access")
+
+
+class _ClientFaultFilter(logging.Filter):
+    """aiohttp logs every request its parser refuses as ERROR with a traceback; that is the
+    client's fault (answered 400), so it becomes one INFO line naming the client."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            text = record.getMessage()
+            record.msg = "%s: refused a malformed request (%s)"
+            record.args = (text, exc.message or type(exc).__name__)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_server_log = logging.getLogger("pxeforge.http.server")
+_server_log.addFilter(_ClientFaultFilter())
 
 CALLBACK_HISTORY = 1000
 CALLBACK_MAX_BYTES = 64 * 1024  # request bodies: callbacks are small
@@ -290,7 +311,7 @@ async def start_http(
     app.router.add_post("/_pxeforge/callback", handlers.callback)
     app.router.add_get("/_pxeforge/callbacks", handlers.callbacks)
     app.router.add_get(r"/{path:[\s\S]*}", handlers.file)
-    runner = web.AppRunner(app, access_log=access_log)
+    runner = web.AppRunner(app, access_log=access_log, logger=_server_log)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
