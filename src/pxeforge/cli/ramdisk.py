@@ -16,8 +16,25 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
+from rich.progress import Progress as RichProgress
+from rich.progress import SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
+from pxeforge.assets.fetch import ProgressEvent
 from pxeforge.errors import ConfigError, PxeforgeError
+from pxeforge.ramdisk.build import (
+    COMPRESSIONS,
+    DEFAULT_LEVELS,
+    DOWNLOAD_PREFIX,
+    INITRAMFS_NAME,
+    KERNEL_NAME,
+    MANIFEST_NAME,
+    SIZE_BUDGET,
+    SUPPORTED_ARCHES,
+    BuildConfig,
+    build_ramdisk,
+)
+from pxeforge.ramdisk.build_kernel import MODULES
 from pxeforge.ramdisk.compress import Compression
 from pxeforge.ramdisk.cpio import Entry
 from pxeforge.ramdisk.tools import (
@@ -333,3 +350,159 @@ def inject_cmd(
         )
         write_atomic(target, result)
     click.echo(f"wrote {target}: {len(result)} bytes, {len(items)} source(s) injected")
+
+
+# --------------------------------------------------------------------------- build
+
+
+class _BuildReporter:
+    """Build progress: a rich spinner row per step and per download on a terminal, else one
+    line per step; packages found in the cache are counted, not listed."""
+
+    def __init__(self, progress: RichProgress, log: Console) -> None:
+        self._progress = progress
+        self._log = log
+        self._tasks: dict[str, TaskID] = {}
+        self._cached_debs = 0
+        self._cached_row: TaskID | None = None
+
+    def __call__(self, ev: ProgressEvent) -> None:
+        if ev.kind in ("info", "advance") and not ev.task.startswith(DOWNLOAD_PREFIX):
+            return
+        if ev.task.startswith(DOWNLOAD_PREFIX) and ev.kind == "cached":
+            self._cached_debs += 1
+            text = f"packages in the cache: {self._cached_debs}"
+            if self._progress.disable:
+                return
+            if self._cached_row is None:
+                self._cached_row = self._progress.add_task(text, total=1, completed=1)
+            self._progress.update(self._cached_row, description=text)
+            return
+        label = f"{ev.task}: {ev.message}" if ev.message else ev.task
+        if self._progress.disable:
+            if ev.kind in ("start", "done", "cached") and ev.message:
+                self._log.print(f"{ev.kind:>7} {label}", markup=False, highlight=False)
+            return
+        task = self._tasks.get(ev.task)
+        if task is None:
+            task = self._progress.add_task(label, total=ev.total)
+            self._tasks[ev.task] = task
+        if ev.kind in ("start", "advance"):
+            self._progress.update(task, description=label, completed=ev.done, total=ev.total)
+        else:
+            total = ev.total or 1
+            self._progress.update(task, description=label, completed=total, total=total)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+@ramdisk.command("build", short_help="Build the deploy kernel and initramfs with the agent.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help=f"Where to write {KERNEL_NAME}, {INITRAMFS_NAME} and {MANIFEST_NAME}.",
+)
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Downloads and built parts (default: $PXEFORGE_CACHE, else /var/cache/pxeforge as "
+    "root, ~/.cache/pxeforge otherwise; shared with `pxeforge lab`).",
+)
+@click.option("--arch", type=click.Choice(SUPPORTED_ARCHES), default="amd64", show_default=True)
+@click.option(
+    "--compress",
+    "compression",
+    type=click.Choice([c.value for c in COMPRESSIONS]),
+    default=Compression.ZSTD.value,
+    show_default=True,
+    help="Compression of the initramfs archives (zstd unpacks fastest at boot).",
+)
+@click.option(
+    "--level",
+    type=int,
+    default=None,
+    help="Compression level (default: "
+    + ", ".join(f"{k.value} {v}" for k, v in DEFAULT_LEVELS.items())
+    + ").",
+)
+@click.option(
+    "--qemu-img/--no-qemu-img",
+    default=True,
+    show_default=True,
+    help="Include qemu-img and its libraries (qcow2 → raw in the agent).",
+)
+@click.option(
+    "--module",
+    "extra_modules",
+    multiple=True,
+    metavar="NAME",
+    help="Another kernel module to include, with its dependencies (repeatable).",
+)
+@click.option("--rebuild", is_flag=True, help="Rebuild cached parts (downloads are reused).")
+def build_cmd(
+    out: Path,
+    cache: Path | None,
+    arch: str,
+    compression: str,
+    level: int | None,
+    qemu_img: bool,
+    extra_modules: tuple[str, ...],
+    rebuild: bool,
+) -> None:
+    """Build the deploy ramdisk: Debian's kernel and an initramfs holding busybox, a Python
+    3.11 with the stdlib the agent needs, qemu-img, the NIC and disk modules (with a generated
+    modules.dep) and the pxeforge agent, started by /init after DHCP on the BOOTIF interface.
+
+    Packages are downloaded with apt-get download (never installed) into the cache; the big
+    parts are cached by package versions, so a second build takes seconds. The output is
+    reproducible: the same inputs give the same bytes. The manifest lists every package
+    version and SHA-256."""
+    from pxeforge.lab.guest import default_cache_dir
+
+    try:
+        config = BuildConfig(
+            out=out,
+            cache=cache if cache is not None else default_cache_dir(),
+            arch=arch,
+            compression=Compression(compression),
+            level=level,
+            qemu_img=qemu_img,
+            modules=tuple(dict.fromkeys((*MODULES, *extra_modules))),
+            rebuild=rebuild,
+        )
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+    log = Console(stderr=True)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with _errors(), RichProgress(*columns, console=log, disable=not log.is_terminal) as bar:
+        result = build_ramdisk(config, progress=_BuildReporter(bar, log))
+    data = result.data
+    for what, path, size, sha in (
+        ("kernel", result.kernel, result.kernel_size, data["kernel"]["sha256"]),
+        ("initramfs", result.initramfs, result.initramfs_size, data["initramfs"]["sha256"]),
+    ):
+        click.echo(f"{what:<10} {path}  {size:,} bytes  sha256:{sha}")
+    click.echo(f"{'manifest':<10} {result.manifest}")
+    kinfo, uinfo = data["kernel"], data["userland"]
+    click.echo(
+        f"contents:  kernel {kinfo['release']} with {len(kinfo['modules'])} modules; "
+        f"Python {uinfo['python_version']} (pyc by {uinfo['pyc']}); "
+        + (f"qemu-img ({_mib(uinfo['qemu_img_bytes'])} with its libraries); " if qemu_img else "")
+        + f"{_mib(result.uncompressed_size)} unpacked"
+    )
+    budget = "within" if result.within_budget else "OVER"
+    reused = f" (from the cache: {', '.join(result.cached)})" if result.cached else ""
+    click.echo(
+        f"total:     {_mib(result.total_size)}, {budget} the {_mib(SIZE_BUDGET)} budget; "
+        f"built in {result.seconds:.1f} s{reused}"
+    )
+    if result.agent == "placeholder":
+        click.echo(
+            "warning: pxeforge.agent is not installed; the image runs a placeholder agent",
+            err=True,
+        )

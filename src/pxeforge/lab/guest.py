@@ -26,19 +26,23 @@ import gzip
 import hashlib
 import json
 import os
-import re
 import shutil
 import stat
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pxeforge.assets.deb import DebPackage
-from pxeforge.assets.fetch import download_apt
 from pxeforge.errors import AssetError
 from pxeforge.ramdisk import cpio
+
+# shared with `pxeforge ramdisk build`, which boots the same kernel
+from pxeforge.ramdisk.build_kernel import (
+    DEFAULT_KERNEL_METAPACKAGE,
+    kernel_deb,
+    resolve_kernel_package,
+)
 
 __all__ = [
     "BUSYBOX",
@@ -72,7 +76,6 @@ VENDOR_CLASS = "pxelab-guest"
 GUEST_MARKER = "PXELAB-GUEST-UP"  # printed by /init as soon as it runs
 CALLBACK_OK_MARKER = "PXELAB-CALLBACK-OK"
 CALLBACK_FAILED_MARKER = "PXELAB-CALLBACK-FAILED"
-DEFAULT_KERNEL_METAPACKAGE = "linux-image-amd64"
 BUSYBOX = Path("/bin/busybox")
 _FORMAT = 2  # bump when the initramfs layout changes: part of the cache key
 
@@ -167,47 +170,6 @@ def default_cache_dir() -> Path:
     if os.geteuid() == 0:
         return Path("/var/cache/pxeforge")
     return Path.home() / ".cache" / "pxeforge"
-
-
-def _run(argv: list[str], *, cwd: Path | None = None, what: str) -> str:
-    try:
-        proc = subprocess.run(
-            argv, cwd=cwd, capture_output=True, text=True, timeout=600, check=False
-        )
-    except FileNotFoundError:
-        raise AssetError(f"{what}: {argv[0]} is not installed") from None
-    except subprocess.TimeoutExpired:
-        raise AssetError(f"{what}: `{' '.join(argv)}` took more than 600 s") from None
-    if proc.returncode != 0:
-        raise AssetError(
-            f"{what}: `{' '.join(argv)}` failed (exit {proc.returncode}): "
-            f"{proc.stderr.strip()[-500:]}"
-        )
-    return proc.stdout
-
-
-def resolve_kernel_package(metapackage: str = DEFAULT_KERNEL_METAPACKAGE) -> str:
-    """The real kernel package ``metapackage`` depends on (``linux-image-6.1.0-56-amd64``)."""
-    out = _run(["apt-cache", "depends", metapackage], what="resolving the guest kernel")
-    for line in out.splitlines():
-        match = re.match(r"\s*Depends:\s*(linux-image-\S+)", line)
-        if match:
-            return match.group(1)
-    raise AssetError(
-        f"apt-cache knows no kernel package behind {metapackage} (run `apt-get update`?)"
-    )
-
-
-def kernel_deb(package: str, debs: Path) -> Path:
-    """The .deb of ``package`` in ``debs``: apt's candidate (downloaded when not cached), or
-    without apt lists the newest cached one."""
-    try:
-        return download_apt([package], debs)[0].path
-    except AssetError:
-        cached = sorted(debs.glob(f"{package}_*.deb"))
-        if not cached:
-            raise
-        return cached[-1]
 
 
 def build_initramfs(init: str, busybox: bytes, modules: dict[str, bytes]) -> bytes:
