@@ -99,7 +99,7 @@ __all__ = [
     "build_ramdisk",
 ]
 
-FORMAT: Final = 1  # bump when the image layout changes: part of every cache key
+FORMAT: Final = 2  # bump when the image layout changes: part of every cache key
 KERNEL_NAME: Final = "pxeforge-agent.kernel"
 INITRAMFS_NAME: Final = "pxeforge-agent.initramfs"
 MANIFEST_NAME: Final = "pxeforge-agent.manifest.json"

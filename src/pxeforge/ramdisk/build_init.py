@@ -5,10 +5,11 @@ Theory of operation
 ``/init`` (busybox sh, PID 1; `INIT`) runs these steps and never exits (the kernel panics
 when PID 1 does):
 
-1. mounts proc, sysfs, devtmpfs, devpts, /dev/shm, /run (and efivarfs on UEFI machines),
-   installs busybox's applet links and moves its output to ``/dev/console``;
+1. mounts proc, sysfs, devtmpfs, devpts, /dev/shm and /run, installs busybox's applet links
+   and moves its output to ``/dev/console``;
 2. loads the modules listed in ``/etc/pxeforge/modules`` with ``modprobe`` (in load order;
-   busybox modprobe reads the generated ``modules.dep``);
+   busybox modprobe reads the generated ``modules.dep``), and on UEFI machines efivarfs, which
+   it mounts on /sys/firmware/efi/efivars;
 3. picks the network interface: the one whose MAC the ``BOOTIF=01-aa-bb-…`` kernel parameter
    names (pxelinux ``ipappend 2``, or an iPXE/GRUB line that sets it), else the first, by name,
    that reports carrier, else the first one at all; then ``udhcpc`` (vendor class
@@ -18,9 +19,10 @@ when PID 1 does):
    serverid, siaddr, boot_file) for the agent. No lease: it says so, starts a console shell and
    tries again every 10 s;
 4. with ``pxelab.callback=URL`` on the kernel command line (pxeforge's lab sets it), runs
-   `LAB_HOOK`, which POSTs ``{mac, ip, cmdline, kernel, python, openssl, agent, modules}`` to
-   the URL with ``http.client`` — proof from *inside the image's Python* that the ramdisk
-   booted, loaded its NIC driver, got an address and can import its stdlib;
+   `LAB_HOOK`, which POSTs ``{mac, ip, cmdline, kernel, python, openssl, agent, modules,
+   boot_mode, efivars}`` to the URL with ``http.client`` — proof from *inside the image's
+   Python* that the ramdisk booted, loaded its NIC driver, got an address and can import its
+   stdlib;
 5. runs ``python3 -m pxeforge.agent`` forever: when it exits, init prints the status, starts an
    interactive shell on the console once (``pxeforge.shell=1`` starts it at boot), sleeps 10 s
    and runs it again. The agent reads its own parameters from ``/proc/cmdline``.
@@ -74,7 +76,6 @@ mount -t devpts devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p /run/pxeforge
-[ -d /sys/firmware/efi/efivars ] && mount -t efivarfs efivarfs /sys/firmware/efi/efivars
 exec </dev/console >/dev/console 2>&1
 
 say() { echo "pxeforge-ramdisk: $*"; }
@@ -100,6 +101,9 @@ if [ -d "/lib/modules/$kver" ]; then
   for m in $(cat /etc/pxeforge/modules); do
     modprobe "$m" || say "modprobe $m failed"
   done
+  if [ -d /sys/firmware/efi/efivars ]; then
+    modprobe efivarfs && mount -t efivarfs efivarfs /sys/firmware/efi/efivars
+  fi
 else
   say "this image has no modules for kernel $kver: drivers may be missing"
 fi
@@ -226,6 +230,7 @@ def main() -> int:
         build = json.load(f)
     with open("/proc/modules") as f:
         modules = sorted(line.split()[0] for line in f if line.strip())
+    efivars = "/sys/firmware/efi/efivars"
     body = {
         "mac": net.get("mac", ""),
         "ip": net.get("ip", ""),
@@ -236,6 +241,8 @@ def main() -> int:
         "sha256_ok": hashlib.sha256(b"abc").hexdigest().startswith("ba7816bf"),
         "agent": build.get("agent", {}).get("source", ""),
         "modules": modules,
+        "boot_mode": "uefi" if os.path.isdir("/sys/firmware/efi") else "bios",
+        "efivars": len(os.listdir(efivars)) if os.path.isdir(efivars) else 0,
         "source": "pxeforge-ramdisk",
     }
     target = urllib.parse.urlsplit(url)

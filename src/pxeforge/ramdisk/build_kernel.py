@@ -14,7 +14,9 @@ The part's tree holds ``/lib/modules/<version>/kernel/…/*.ko`` (decompressed w
 package compresses them), a generated ``modules.dep`` and ``modules.alias`` (busybox modprobe
 reads both), the package's ``modules.builtin`` (so ``modprobe`` of a built-in driver succeeds)
 and ``/etc/pxeforge/modules``: the module names in load order, which ``/init`` modprobes one by
-one. Debian's kernel has virtio, SCSI, ATA and NVMe as modules but AF_PACKET (udhcpc's raw
+one. `ON_DEMAND_MODULES` are shipped but left to /init's judgement (efivarfs: UEFI only).
+
+Debian's kernel has virtio, SCSI, ATA and NVMe as modules but AF_PACKET (udhcpc's raw
 socket), devtmpfs and DMI (``/sys/class/dmi/id``) built in.
 """
 
@@ -47,6 +49,7 @@ __all__ = [
     "DEFAULT_KERNEL_METAPACKAGE",
     "MODULES",
     "MODULES_LIST",
+    "ON_DEMAND_MODULES",
     "KernelInfo",
     "kernel_deb",
     "kernel_part",
@@ -69,11 +72,13 @@ MODULES: Final = (
     "ata_piix",  # IDE/SATA on QEMU's pc (i440FX) machine
     "nvme",
 )
+#: In the image (and modules.dep) but loaded by /init only where they apply.
+ON_DEMAND_MODULES: Final = ("efivarfs",)  # UEFI variables: only on UEFI machines
 #: Where /init reads the names of the modules to load, in order.
 MODULES_LIST: Final = "etc/pxeforge/modules"
 _LIKELY_DIRS: Final = re.compile(
     r"kernel/(drivers/(virtio|block|scsi|ata|nvme|ptp|pps|i2c|dca)/|drivers/net/(?!wireless/)"
-    r"|lib/|crypto/|net/core/|block/)"
+    r"|lib/|crypto/|net/core/|block/|fs/efivarfs/)"
 )
 
 
@@ -83,6 +88,7 @@ class KernelInfo:
     version: str = ""  # its Debian version
     release: str = ""  # uname -r: 6.1.0-56-amd64
     modules: list[str] = field(default_factory=list)  # load order
+    on_demand: list[str] = field(default_factory=list)  # shipped, not loaded at boot
     built_in: list[str] = field(default_factory=list)  # wanted, but built into the kernel
     passes: int = 1  # reads of the package
 
@@ -92,6 +98,7 @@ class KernelInfo:
             "version": self.version,
             "release": self.release,
             "modules": self.modules,
+            "on_demand": self.on_demand,
             "built_in": self.built_in,
         }
 
@@ -160,8 +167,13 @@ def _unread(wanted: Iterable[str], infos: dict[str, ModInfo], paths: dict[str, s
     return need
 
 
-def kernel_part(deb: Path, wanted: Iterable[str] = MODULES) -> tuple[bytes, Tree, KernelInfo]:
-    """(vmlinuz, the modules tree, what was chosen) from the kernel package ``deb``."""
+def kernel_part(
+    deb: Path, wanted: Iterable[str] = MODULES, on_demand: Iterable[str] = ON_DEMAND_MODULES
+) -> tuple[bytes, Tree, KernelInfo]:
+    """(vmlinuz, the modules tree, what was chosen) from the kernel package ``deb``: the
+    ``wanted`` modules are loaded at boot, the ``on_demand`` ones only shipped."""
+    wanted = list(wanted)
+    extra = [m for m in on_demand if m not in wanted]
     info = KernelInfo()
     vmlinuz: bytes | None = None
     builtin_text = ""
@@ -204,7 +216,7 @@ def kernel_part(deb: Path, wanted: Iterable[str] = MODULES) -> tuple[bytes, Tree
             mod = parse_modinfo(plain, rel)
             infos[mod.name] = mod
             blobs[path] = plain
-        need = _unread(wanted, infos, paths)
+        need = _unread([*wanted, *extra], infos, paths)
         if not need:
             break
         # a module or a dependency outside the likely directories: one more pass for those
@@ -214,7 +226,8 @@ def kernel_part(deb: Path, wanted: Iterable[str] = MODULES) -> tuple[bytes, Tree
                 blobs[m.file.path] = m.data
         if not need & blobs.keys():
             raise AssetError(f"{deb.name}: could not read {sorted(need)[0]}")
-    chosen, info.built_in = resolve(wanted, infos, builtin)
+    boot, info.built_in = resolve(wanted, infos, builtin)
+    chosen, _ = resolve([*wanted, *extra], infos, builtin)
 
     tree = Tree()
     base = f"lib/modules/{info.release}"
@@ -224,6 +237,7 @@ def kernel_part(deb: Path, wanted: Iterable[str] = MODULES) -> tuple[bytes, Tree
     tree.add_file(f"{base}/modules.alias", modules_alias(chosen).encode())
     tree.add_file(f"{base}/modules.builtin", builtin_text.encode())
     tree.add_file(f"{base}/modules.order", "".join(f"{m.path}\n" for m in chosen).encode())
-    tree.add_file(MODULES_LIST, "".join(f"{m.name}\n" for m in chosen).encode())
-    info.modules = [m.name for m in chosen]
+    tree.add_file(MODULES_LIST, "".join(f"{m.name}\n" for m in boot).encode())
+    info.modules = [m.name for m in boot]
+    info.on_demand = sorted({m.name for m in chosen} - set(info.modules))
     return vmlinuz, tree, info
