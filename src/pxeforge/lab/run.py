@@ -111,8 +111,14 @@ class LabConfig:
     address: IPv4Interface = IPv4Interface("10.213.0.1/24")
     http_port: int = 8080
     memory_mb: int = 512
+    # boot these instead of the test guest (e.g. `pxeforge ramdisk build`'s output); both or
+    # neither. The image must POST to pxelab.callback= like the guest does.
+    kernel: Path | None = None
+    initrd: Path | None = None
 
     def __post_init__(self) -> None:
+        if (self.kernel is None) != (self.initrd is None):
+            raise ValueError("give both kernel and initrd, or neither")
         if not 1 <= self.vms <= 32:
             raise ValueError(f"--vms must be 1-32, not {self.vms}")
         if self.timeout <= 0:
@@ -320,7 +326,10 @@ class Lab:
     def start(self) -> None:
         """Guest, boot root, namespace, capture, server — in that order."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.guest = guest_mod.build_guest(self.cache_dir, log=lambda m: self._say("setup", m))
+        if self.config.kernel is not None and self.config.initrd is not None:
+            self.guest = guest_mod.Guest(self.config.kernel, self.config.initrd, "custom", "custom")
+        else:
+            self.guest = guest_mod.build_guest(self.cache_dir, log=lambda m: self._say("setup", m))
         self.root = prepare_root(self.cache_dir, log=lambda m: self._say("setup", m))
         if self.accel == "auto":
             self.accel = "kvm" if probe_kvm() else "tcg"
