@@ -558,7 +558,7 @@ def test_qemu_img_converts_qcow2_to_raw_in_the_image(builds: Builds) -> None:
 
 
 def _module_dir(builds: Builds) -> Path:
-    return builds.root / "lib/modules" / builds.warm.data["kernel"]["release"]
+    return builds.root / "lib/modules" / str(builds.warm.data["kernel"]["release"])
 
 
 def test_modules_and_modules_dep_are_consistent(builds: Builds) -> None:

@@ -381,7 +381,9 @@ class _BuildReporter:
         label = f"{ev.task}: {ev.message}" if ev.message else ev.task
         if self._progress.disable:
             if ev.kind in ("start", "done", "cached") and ev.message:
-                self._log.print(f"{ev.kind:>7} {label}", markup=False, highlight=False)
+                self._log.print(
+                    f"{ev.kind:>7} {label}", markup=False, highlight=False, soft_wrap=True
+                )
             return
         task = self._tasks.get(ev.task)
         if task is None:

@@ -76,6 +76,7 @@ mount -t devpts devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p /run/pxeforge
+hostname -F /etc/hostname
 exec </dev/console >/dev/console 2>&1
 
 say() { echo "pxeforge-ramdisk: $*"; }

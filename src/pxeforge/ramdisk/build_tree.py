@@ -15,7 +15,6 @@ needs to run the image's own Python at build time.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import posixpath
 import stat
@@ -104,10 +103,6 @@ class Tree:
     def remove(self, path: str) -> None:
         self.nodes.pop(path, None)
 
-    def update(self, other: Tree) -> None:
-        for path in sorted(other.nodes):
-            self._put(path, other.nodes[path])
-
     def resolve(self, path: str) -> str | None:
         """The path of the file or directory ``path`` leads to, symlinks followed inside the
         tree; None when it dangles or loops."""
@@ -195,7 +190,3 @@ class Tree:
                 if dest.is_symlink() or dest.exists():
                     dest.unlink()
                 os.symlink(node.target, dest)
-
-    def replace(self, path: str, **changes: object) -> None:
-        node = self.nodes[path]
-        self.nodes[path] = dataclasses.replace(node, **changes)  # type: ignore[arg-type]
