@@ -31,18 +31,11 @@ from pxeforge.assets.fetch import (
     ProgressEvent,
     fetch_assets,
 )
+from pxeforge.cli.common import cli_error
 from pxeforge.config import Settings
-from pxeforge.errors import ConfigError, PxeforgeError
+from pxeforge.errors import PxeforgeError
 
 __all__ = ["assets"]
-
-
-class _Failed(click.ClickException):
-    """A pxeforge error shown as ``Error: …`` with exit code 1 (2 for bad settings)."""
-
-    def __init__(self, exc: PxeforgeError) -> None:
-        super().__init__(str(exc))
-        self.exit_code = 2 if isinstance(exc, ConfigError) else 1
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -180,7 +173,7 @@ def fetch(
                 progress=_Reporter(bar, log),
             )
     except PxeforgeError as exc:
-        raise _Failed(exc) from None
+        raise cli_error(exc) from None
     _show(console, result)
 
 

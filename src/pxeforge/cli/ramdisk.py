@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from rich.progress import Progress as RichProgress
 from rich.progress import SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from pxeforge.assets.fetch import ProgressEvent
+from pxeforge.cli.common import cli_error
 from pxeforge.errors import ConfigError, PxeforgeError
 from pxeforge.ramdisk.build import (
     COMPRESSIONS,
@@ -56,27 +58,19 @@ _IMAGE = click.Path(exists=True, dir_okay=False, path_type=Path)
 _COMPRESSIONS = [k.value for k in WRITABLE]
 
 
-class _Failed(click.ClickException):
-    """A pxeforge or OS error shown as ``Error: …``: exit 1 (2 for bad settings)."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
 @contextmanager
 def _errors() -> Iterator[None]:
     try:
         yield
     except ConfigError as exc:
-        raise _Failed(str(exc), 2) from None
+        raise cli_error(str(exc), settings=True) from None
     except PxeforgeError as exc:
-        raise _Failed(str(exc)) from None
+        raise cli_error(str(exc)) from None
     except MemoryError:
-        raise _Failed("out of memory (the image is too large to handle in memory)") from None
+        raise cli_error("out of memory (the image is too large to handle in memory)") from None
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
-        raise _Failed(f"{where}{exc.strerror or exc}") from None
+        raise cli_error(f"{where}{exc.strerror or exc}") from None
 
 
 def _read(path: Path) -> bytes:
@@ -207,7 +201,7 @@ def ls(
         click.echo(json.dumps(doc, indent=1))
         return
     now = time.time()
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer
     for a in chosen:
         if segment is None:
             s = img.streams[a.stream]
