@@ -72,6 +72,7 @@ class Settings:
     tftp_retries: int = 5  # give up after this many retransmits of one window
     tftp_max_blksize: int = 65464  # RFC 2348 upper bound; clients rarely ask above 1468
     tftp_max_windowsize: int = 64  # RFC 7440; what we grant at most
+    tftp_max_transfers: int = 1000  # concurrent transfers; beyond, ERROR 0 "Server busy"
     # inventory and REST API (Ironic's option names and defaults)
     api_port: int = 6385  # Ironic's port
     api_auth: ApiAuth = ApiAuth.HTTP_BASIC  # noauth only when asked for

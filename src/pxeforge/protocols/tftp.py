@@ -349,6 +349,11 @@ class TransferConfig:
     # fits a client's default 208 KiB socket buffer (datagrams cost ~2x their size there).
     window_bytes: int = 64 * 1024
     pace: float = 0.001  # seconds between the bursts of a window, once a loss split it
+    # Once the last block is out, a client that has answered before and now stays silent
+    # through this many resends most likely has the file and lost only its final ACK (RFC 1350
+    # §6: the sender of the final ACK does not wait): the transfer ends COMPLETE_UNCONFIRMED.
+    final_retries: int = 2
+    max_transfers: int = 1000  # concurrent transfers per server; beyond: ERROR 0 "Server busy"
 
     def __post_init__(self) -> None:
         if not (self.timeout > 0 and self.max_timeout >= self.timeout):
@@ -361,6 +366,8 @@ class TransferConfig:
             raise ConfigError(f"TFTP max windowsize must be {MIN_WINDOWSIZE}..{MAX_WINDOWSIZE}")
         if self.window_bytes < 1 or self.pace < 0:
             raise ConfigError("TFTP window_bytes must be >= 1 and pace >= 0")
+        if self.final_retries < 0 or self.max_transfers < 1:
+            raise ConfigError("TFTP final_retries must be >= 0 and max_transfers >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,6 +485,9 @@ class Outcome(enum.Enum):
     """How a transfer ended."""
 
     COMPLETE = "complete"  # the last block was acknowledged
+    # the last block was sent and resent (`TransferConfig.final_retries`), then silence from a
+    # client that had been acknowledging: its final ACK was most likely lost (RFC 1350 §6)
+    COMPLETE_UNCONFIRMED = "complete_unconfirmed"
     PROBED = "probed"  # the client ended it right after the OACK (tsize probe: normal)
     CLIENT_ERROR = "client_error"  # the client sent ERROR during the transfer
     TIMED_OUT = "timed_out"  # no progress after `retries` retransmissions
@@ -545,6 +555,7 @@ class ReadTransfer:
             tsize_requested=neg.tsize_requested,
         )
         self.outcome: Outcome | None = None
+        self.done = False  # ended (see `outcome`); the caller then closes ``file``
         self.client_error: ErrorPacket | None = None  # what the client said, if it ended it
         self._size = size
         self._last = size // neg.blksize + 1  # the final (short, maybe empty) block
@@ -560,6 +571,7 @@ class ReadTransfer:
         self._next = 1
         self._high = 0  # highest block ever sent
         self._window_end = min(1 + neg.windowsize, self._last + 1)
+        self._lockstep = neg.windowsize == 1
         # pacing: _burst blocks back to back, then the next burst `pace` later; a loss halves
         # _burst and caps _ceiling below the size that lost
         self._burst = neg.windowsize
@@ -589,10 +601,6 @@ class ReadTransfer:
 
     # -- queries --------------------------------------------------------------------------
 
-    @property
-    def done(self) -> bool:
-        return self._state is _State.DONE
-
     def get_timer(self) -> float | None:
         """When `handle_timer` (or, while pacing, `datagrams_to_send`) wants to run next."""
         if self._state is _State.DONE:
@@ -609,7 +617,7 @@ class ReadTransfer:
     def receive_datagram(self, data: bytes, now: float) -> None:
         """A datagram from the client's TID. Raises `TftpError` if it does not decode."""
         if len(data) >= 4 and data[1] == 4 and data[0] == 0:  # ACK, the hot path
-            self._on_ack((data[2] << 8) | data[3], now)
+            self.receive_ack((data[2] << 8) | data[3], now)
             return
         if self._state is _State.DONE:
             return
@@ -619,6 +627,69 @@ class ReadTransfer:
             probed = self._state is _State.OACK
             self._finish(now, Outcome.PROBED if probed else Outcome.CLIENT_ERROR)
         # Anything else (DATA, a request, OACK) has no meaning here and is ignored.
+
+    def receive_ack(self, block: int, now: float) -> None:
+        """An ACK for wire block ``block`` from the client's TID (a server's hot path: it
+        decodes ACKs itself and skips `receive_datagram`)."""
+        if self._lockstep and self._pace_at is None:
+            # Lock-step fast path: the ACK of the one block in flight, and the next block is a
+            # full one already read ahead. It queues that block exactly as the general path
+            # below and `_send_burst` would (tests compare both), in a third of the time.
+            high = self._high
+            if block == high & 0xFFFF and high >= self._base and self._state is _State.DATA:
+                blksize = self.blksize
+                rel = high * blksize - self._cache_at  # where block high + 1 starts
+                cache = self._cache
+                if rel >= 0 and rel + blksize <= len(cache) and high + 1 < self._last:
+                    high += 1
+                    self._outbox.append(_pack_header(3, high & 0xFFFF) + cache[rel : rel + blksize])
+                    self._base = self._high = high
+                    self._next = self._window_end = high + 1
+                    if self._retries:
+                        self._retries = 0
+                        self._timeout = self._base_timeout
+                    self._deadline = now + self._timeout
+                    stats = self.stats
+                    stats.blocks += 1
+                    stats.bytes_sent += blksize
+                    return
+        state = self._state
+        if state is not _State.DATA:
+            if state is _State.OACK and block == 0:  # RFC 2347: ACK 0 accepts the OACK
+                self._state = _State.DATA
+                if self.stats.retransmits == 0:
+                    self._srtt = now - self._sent_at
+                self._retries = 0
+                self._timeout = self._base_timeout
+                self._deadline = None
+                self._pace_at = now
+            return
+        previous = self._base - 1
+        delta = (block - previous) & 0xFFFF
+        acked = previous + delta
+        if delta == 0 or acked > self._high:
+            return  # duplicate, stale or never sent: never answer it (Sorcerer's Apprentice)
+        self._base = base = acked + 1
+        self._retries = 0
+        self._timeout = self._base_timeout
+        last = self._last
+        if acked >= last:
+            self._finish(now, Outcome.COMPLETE)
+            return
+        windowsize = self.windowsize
+        if windowsize > 1:
+            self._probe_at = None
+            if base < self._window_end:
+                self._lost()  # a partial-window ACK: the client missed block `base`
+            else:
+                self._window_acked(now)
+            self._clean = True
+            self._resent = False
+        end = base + windowsize
+        self._window_end = end if end <= last else last + 1
+        self._next = base
+        self._deadline = None
+        self._pace_at = now
 
     def handle_timer(self, now: float) -> None:
         """Probe or retransmit if their time has come; an early call does nothing."""
@@ -631,6 +702,10 @@ class ReadTransfer:
             return
         self._retries += 1
         self.stats.timeouts += 1
+        heard = self._base > 1 or self._oack  # the client acknowledged a block or the OACK
+        if self._high == self._last and heard and self._retries > self.config.final_retries:
+            self._finish(now, Outcome.COMPLETE_UNCONFIRMED)
+            return
         if self._retries > self.config.retries:
             self._finish(now, Outcome.TIMED_OUT)
             return
@@ -671,45 +746,6 @@ class ReadTransfer:
         return out
 
     # -- internals ------------------------------------------------------------------------
-
-    def _on_ack(self, block: int, now: float) -> None:
-        state = self._state
-        if state is not _State.DATA:
-            if state is _State.OACK and block == 0:  # RFC 2347: ACK 0 accepts the OACK
-                self._state = _State.DATA
-                if self.stats.retransmits == 0:
-                    self._srtt = now - self._sent_at
-                self._retries = 0
-                self._timeout = self._base_timeout
-                self._deadline = None
-                self._pace_at = now
-            return
-        previous = self._base - 1
-        delta = (block - previous) & 0xFFFF
-        acked = previous + delta
-        if delta == 0 or acked > self._high:
-            return  # duplicate, stale or never sent: never answer it (Sorcerer's Apprentice)
-        self._base = base = acked + 1
-        self._retries = 0
-        self._timeout = self._base_timeout
-        last = self._last
-        if acked >= last:
-            self._finish(now, Outcome.COMPLETE)
-            return
-        windowsize = self.windowsize
-        if windowsize > 1:
-            self._probe_at = None
-            if base < self._window_end:
-                self._lost()  # a partial-window ACK: the client missed block `base`
-            else:
-                self._window_acked(now)
-            self._clean = True
-            self._resent = False
-        end = base + windowsize
-        self._window_end = end if end <= last else last + 1
-        self._next = base
-        self._deadline = None
-        self._pace_at = now
 
     def _window_acked(self, now: float) -> None:
         """A whole window was acknowledged: learn the round trip, grow the burst."""
@@ -822,6 +858,7 @@ class ReadTransfer:
 
     def _finish(self, now: float, outcome: Outcome) -> None:
         self._state = _State.DONE
+        self.done = True
         self.outcome = outcome
         self.stats.finished = now
         self._deadline = None

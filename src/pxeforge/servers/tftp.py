@@ -1,4 +1,4 @@
-"""The TFTP server: a listener for requests and one socket per transfer (asyncio glue).
+"""The TFTP server: the request listener (asyncio) and the bookkeeping of its transfers.
 
 Theory of operation
 -------------------
@@ -9,33 +9,37 @@ Theory of operation
   inline: it is fast). `FileNotFound` is answered at once with ERROR 1 "File not found" (the
   pxelinux config search depends on fast misses), `AccessViolation` with ERROR 2. Messages are
   fixed strings: a server path never reaches the wire (dnsmasq and fbtftp leak theirs).
-  Otherwise a fresh UDP socket is bound to the same host on an ephemeral port — the transfer
-  ID of RFC 1350 §4 — and a `ReadTransfer` runs on it. A retransmitted RRQ from a client whose
-  transfer is already running is ignored: that transfer's own timer answers it.
+  A retransmitted RRQ from a client whose transfer is already running is ignored: that
+  transfer's own timer answers it.
 * a WRQ gets ERROR 2 (this server is read-only); a malformed request gets ERROR with the code
   the parser chose; anything else is dropped. Every malformed datagram is counted in
   ``stats.dropped`` and logged with the client address; the listener keeps serving.
 
-A transfer socket is read with ``loop.add_reader``, one datagram per wake-up (epoll is
-level-triggered, and a lock-step transfer saves a failing ``recvfrom`` per block; the listener
-reads up to `_BURST`). Datagrams from the client go to `ReadTransfer.receive_datagram`; any
-other source gets ERROR 5
-"Unknown transfer ID" and is otherwise ignored (RFC 1350 §4). After every input the transfer's
-datagrams are sent and its timer re-armed with ``loop.call_at`` — lazily: an armed timer that
-would fire too early is kept and simply re-armed when it fires, so the lock-step hot path does
-not create a timer handle per block. When the transfer is done its socket and file are closed
-and a `TftpEvent` is emitted (cheap frozen records, for the per-node timeline).
+A transfer starts right there: its sockets (`tftp_engine.transfer_sockets`: one connected to
+the client on a fresh port — the transfer ID of RFC 1350 §4 —, plus an unconnected twin on the same port that answers
+strangers with ERROR 5), its `ReadTransfer`, and its first datagram (OACK or DATA 1). Then it
+is handed to the `TransferEngine`, a dedicated thread that runs every transfer with one epoll
+and a timer heap (see `tftp_engine`: an asyncio callback per block costs more than tftpd-hpa's
+whole block). Finished transfers come back to the loop in batches: the server closes their
+files, updates `stats` and emits one `TftpEvent` each (cheap frozen records, for the per-node
+timeline). `stats` and `active` are only written on the loop.
+
+At most ``config.max_transfers`` run at once; a request beyond that gets ERROR 0 "Server busy"
+(counted in ``refused`` and ``busy``), so a storm cannot exhaust file descriptors: each
+transfer holds two sockets and its open file.
 
 Transfer sockets ask for 4 MiB send and receive buffers (the kernel caps them at
 ``net.core.wmem_max`` / ``rmem_max``), so a whole window is queued without EAGAIN. A transfer
 socket is bound to the listener's address; with a wildcard listener the kernel picks the
-reply's source address by route. Refusals (ERROR 1, 2, 4) are sent from the listener's port,
-which clients accept as the server's TID (curl, tftp-hpa, atftp, iPXE, EDK2).
+reply's source address by route. Refusals (ERROR 0, 1, 2, 4) are sent from the listener's
+port, which clients accept as the server's TID (curl, tftp-hpa, atftp, iPXE, EDK2).
 
-Performance (32 MiB over loopback, client and server pinned to one vCPU): lock-step costs
-~10-14 µs of server CPU per block (asyncio's own wake-up is most of it), about 3x tftpd-hpa, so
-lock-step throughput is about half of tftpd-hpa's; with windowsize (OVMF asks for 4) transfers
-overtake it.
+Performance (32 MiB at blksize 1468 over loopback, client and server pinned to one vCPU, same
+run, medians of 5; bench/tftp_single.py): lock-step ~5 s of server CPU per GiB (the asyncio
+version: ~10; tftpd-hpa's and dnsmasq's: ~4), about 0.8x tftpd-hpa's throughput — a bare
+20-line blocking sender in Python reaches only ~0.9x, the rest is CPython's cost per system
+call. With windowsize 16 (atftp), windows leave in one UDP GSO send each: ~1.3 s/GiB and
+~2.4x tftpd-hpa, which has no windowsize.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from pxeforge.boot.files import BootFile, FileSource
+from pxeforge.boot.files import FileSource
 from pxeforge.errors import AccessViolation, BootFileError, FileNotFound, TftpError
 from pxeforge.protocols.tftp import (
     ErrorCode,
@@ -63,6 +67,7 @@ from pxeforge.protocols.tftp import (
     encode_error,
     parse_packet,
 )
+from pxeforge.servers.tftp_engine import Session, TransferEngine, transfer_sockets
 
 __all__ = ["EventKind", "TftpEvent", "TftpServer", "TftpStats", "start_tftp"]
 
@@ -107,6 +112,8 @@ class TftpStats:
     refused: int = 0  # answered with an ERROR: not found, access violation, write request
     bytes_sent: int = 0  # DATA payload bytes, retransmissions included
     retransmits: int = 0
+    unconfirmed: int = 0  # the last block went out and was resent, then silence (see Outcome)
+    busy: int = 0  # requests refused because ``max_transfers`` were running (also in refused)
     dropped: int = 0  # malformed datagrams
     wrong_tid: int = 0  # datagrams to a transfer socket from another address
     duplicate_requests: int = 0  # retransmitted RRQs for a running transfer
@@ -140,102 +147,6 @@ def _client_ip(host: str) -> IPv4Address | None:
     return address.ipv4_mapped
 
 
-class _Session:
-    """One transfer: its socket, its `ReadTransfer`, its timer."""
-
-    __slots__ = ("addr", "file", "server", "sock", "timer", "timer_at", "transfer")
-
-    def __init__(
-        self,
-        server: TftpServer,
-        sock: socket.socket,
-        addr: Address,
-        transfer: ReadTransfer,
-        file: BootFile,
-    ) -> None:
-        self.server = server
-        self.sock = sock
-        self.addr = addr
-        self.transfer = transfer
-        self.file = file
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = 0.0
-
-    def start(self) -> None:
-        self.server._loop.add_reader(self.sock.fileno(), self.on_readable)
-        self.flush(self.server._loop.time())
-
-    def on_readable(self) -> None:
-        # One datagram per wake-up: epoll is level-triggered, so more queued datagrams wake us
-        # again at once, and lock-step transfers (one ACK per wake-up) save a failing recvfrom.
-        try:
-            data, addr = self.sock.recvfrom(_MAX_DATAGRAM)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            log.debug("TFTP %s:%d: receive error: %s", *self.addr[:2], exc)
-            return
-        if addr != self.addr:
-            self.server.stats.wrong_tid += 1
-            log.info("TFTP %s:%d: datagram for another transfer ID ignored", *addr[:2])
-            with contextlib.suppress(OSError):
-                self.sock.sendto(encode_error(ErrorCode.UNKNOWN_TID, "Unknown transfer ID"), addr)
-            return
-        now = self.server._loop.time()
-        try:
-            self.transfer.receive_datagram(data, now)
-        except TftpError as exc:
-            self.server.stats.dropped += 1
-            log.warning("TFTP %s:%d: malformed datagram dropped: %s", *addr[:2], exc)
-        self.flush(now)
-
-    def on_timer(self) -> None:
-        self.timer = None
-        now = self.server._loop.time()
-        self.transfer.handle_timer(now)
-        self.flush(now)
-
-    def flush(self, now: float) -> None:
-        transfer = self.transfer
-        sendto = self.sock.sendto
-        addr = self.addr
-        for datagram in transfer.datagrams_to_send(now):
-            try:
-                sendto(datagram, addr)
-            except OSError as exc:  # EAGAIN or worse: the retransmit timer will recover
-                log.debug("TFTP %s:%d: send failed: %s", *addr[:2], exc)
-                break
-        if transfer.done:
-            self.close()
-            return
-        when = transfer.get_timer()
-        timer = self.timer
-        if when is None:
-            if timer is not None:
-                timer.cancel()
-                self.timer = None
-            return
-        if timer is not None:
-            if self.timer_at <= when:
-                return  # fires early; on_timer re-arms
-            timer.cancel()
-        self.timer_at = when
-        self.timer = self.server._loop.call_at(when, self.on_timer)
-
-    def close(self) -> None:
-        server = self.server
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.sock.fileno() >= 0:
-            server._loop.remove_reader(self.sock.fileno())
-            self.sock.close()
-        self.file.close()
-        if server._sessions.get(self.addr) is self:
-            del server._sessions[self.addr]
-        server._finished(self)
-
-
 class TftpServer:
     """A running TFTP server; make one with `start_tftp`."""
 
@@ -254,9 +165,11 @@ class TftpServer:
         self._files = files
         self._config = config
         self._on_event = on_event
-        self._sessions: dict[Address, _Session] = {}
+        self._sessions: dict[Address, Session] = {}
         self.stats = TftpStats()
         self._closed = False
+        self._engine = TransferEngine(self._loop, self._finished)
+        self._engine.start()
         self._loop.add_reader(sock.fileno(), self._on_readable)
 
     @property
@@ -271,11 +184,7 @@ class TftpServer:
         self._closed = True
         self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
-        now = self._loop.time()
-        for session in list(self._sessions.values()):
-            session.transfer.cancel(now)
-            session.flush(now)
-        await asyncio.sleep(0)
+        await self._engine.stop()
 
     # -- the listener ---------------------------------------------------------------------
 
@@ -313,6 +222,10 @@ class TftpServer:
         if running is not None and running.transfer.request == packet:
             self.stats.duplicate_requests += 1
             return
+        if len(self._sessions) >= self._config.max_transfers:
+            self.stats.busy += 1
+            self._refuse(addr, packet.filename, ErrorCode.NOT_DEFINED, "Server busy")
+            return
         self._start(packet, addr)
 
     def _start(self, request: ReadRequest, addr: Address) -> None:
@@ -332,15 +245,16 @@ class TftpServer:
             log.exception("TFTP %s:%d: opening %r failed", addr[0], addr[1], name)
             self._refuse(addr, name, ErrorCode.NOT_DEFINED, "Internal error")
             return
+        now = time.monotonic()  # the engine's clock
         try:
-            transfer = ReadTransfer(request, file, now=self._loop.time(), config=self._config)
-            sock = _udp_socket(self._family, (self._host, 0), _BUFFER)
+            transfer = ReadTransfer(request, file, now=now, config=self._config)
+            sockets = transfer_sockets(self._family, self._host, addr, _BUFFER)
         except OSError as exc:
             file.close()
             log.error("TFTP %s:%d: cannot start %r: %s", addr[0], addr[1], name, exc)
             self._refuse(addr, name, ErrorCode.NOT_DEFINED, "Server error")
             return
-        session = _Session(self, sock, addr, transfer, file)
+        session = Session(sockets, addr, transfer, file)
         self._sessions[addr] = session
         self.stats.started += 1
         stats = transfer.stats
@@ -364,7 +278,8 @@ class TftpServer:
                 windowsize=stats.windowsize,
             )
         )
-        session.start()
+        session.send_pending(now)  # OACK or DATA 1 right away, then the thread takes over
+        self._engine.add(session)
 
     def _refuse(self, addr: Address, name: str, code: ErrorCode, message: str) -> None:
         self.stats.refused += 1
@@ -380,7 +295,20 @@ class TftpServer:
 
     # -- bookkeeping ----------------------------------------------------------------------
 
-    def _finished(self, session: _Session) -> None:
+    def _finished(self, sessions: list[Session]) -> None:
+        """Sessions the engine handed back (their sockets are closed)."""
+        for session in sessions:
+            try:
+                session.file.close()
+            except Exception:
+                log.exception("TFTP %s:%d: closing the file failed", *session.addr)
+            if self._sessions.get(session.addr) is session:
+                del self._sessions[session.addr]
+            self.stats.dropped += session.dropped
+            self.stats.wrong_tid += session.wrong_tid
+            self._report(session)
+
+    def _report(self, session: Session) -> None:
         transfer = session.transfer
         outcome = transfer.outcome
         stats = transfer.stats
@@ -388,6 +316,8 @@ class TftpServer:
         self.stats.retransmits += stats.retransmits
         if outcome is Outcome.COMPLETE:
             self.stats.completed += 1
+        elif outcome is Outcome.COMPLETE_UNCONFIRMED:
+            self.stats.unconfirmed += 1
         elif outcome is not None and not outcome.failed:
             self.stats.aborted += 1
         else:
