@@ -179,7 +179,13 @@ async def _start_api(settings: Settings, services: Services, bind: str) -> None:
     htpasswd = None
     if settings.api_auth is ApiAuth.HTTP_BASIC:
         data_dir = Path(settings.data_dir)
-        services.new_credentials = await asyncio.to_thread(ensure_credentials, data_dir)
+        try:
+            services.new_credentials = await asyncio.to_thread(ensure_credentials, data_dir)
+        except OSError as exc:
+            raise StartupError(
+                f"API: cannot create the http_basic credentials in {data_dir}: {exc.strerror} "
+                "(fix --data-dir, or run with --api-auth noauth on a trusted network)"
+            ) from None
         htpasswd = Htpasswd(data_dir / HTPASSWD_FILE)
     ctx = ApiContext(store, conductor, htpasswd)
     services._closers.append(_async(ctx.close))
