@@ -235,6 +235,7 @@ def test_config_validation_and_defaults_match_settings() -> None:
     assert defaults.retries == s.tftp_retries
     assert defaults.max_blksize == s.tftp_max_blksize
     assert defaults.max_windowsize == s.tftp_max_windowsize
+    assert defaults.max_transfers == s.tftp_max_transfers
     assert defaults.window_bytes // 8192 == 8
     bad: dict[str, Any]
     for bad in (
@@ -245,6 +246,8 @@ def test_config_validation_and_defaults_match_settings() -> None:
         {"max_windowsize": 0},
         {"backoff": 0.5},
         {"timeout": 10.0, "max_timeout": 5.0},
+        {"final_retries": -1},
+        {"max_transfers": 0},
     ):
         with pytest.raises(ConfigError):
             TransferConfig(**bad)
@@ -505,6 +508,80 @@ def test_duplicate_ack_sends_nothing() -> None:
         transfer.receive_datagram(encode_ack(ack), 0.0)
         assert transfer.datagrams_to_send(0.0) == []
     assert transfer.stats.blocks == 2
+
+
+def test_lost_final_ack_ends_unconfirmed_after_two_resends() -> None:
+    """curl and atftp exit right after their final ACK (no dallying): if it is lost, the last
+    block is resent twice, then the transfer ends as most likely complete, not failed."""
+    data = payload(2000)  # blocks 1-3 full, block 4 short
+    transfer = make(data, timeout=1.0, retries=5, backoff=2.0, max_timeout=8.0)
+    result = run(transfer, Client(), drop=lambda kind, n, d: d == encode_ack(4))
+    assert bytes(result.client.received) == data
+    assert transfer.outcome is Outcome.COMPLETE_UNCONFIRMED and not transfer.outcome.failed
+    assert result.wakeups == [1.0, 3.0, 7.0]  # resend, resend, give up: 7 s, not 31
+    assert [b for b, _ in data_blocks(result.sent)] == [1, 2, 3, 4, 4, 4]
+    assert transfer.stats.retransmits == 2 and transfer.stats.finished == 7.0
+
+
+def test_lost_final_window_ack_ends_unconfirmed() -> None:
+    data = payload(10_000)
+    transfer = make(data, {"blksize": "1000", "windowsize": "4"})
+    result = run(transfer, Client(), drop=lambda kind, n, d: d == encode_ack(11))
+    assert bytes(result.client.received) == data
+    assert transfer.outcome is Outcome.COMPLETE_UNCONFIRMED
+    # (this client re-ACKs the resent blocks it already has, which counts as progress once)
+    assert 3 <= transfer.stats.timeouts <= 4 and result.now <= 8.01
+
+
+@pytest.mark.parametrize("final_retries", [0, 1, 3])
+def test_final_retries_sets_how_long_a_silent_end_waits(final_retries: int) -> None:
+    transfer = make(payload(100), {"blksize": "512"}, final_retries=final_retries)
+    result = run(transfer, Client(), drop=lambda kind, n, d: d == encode_ack(1))
+    assert transfer.outcome is Outcome.COMPLETE_UNCONFIRMED
+    assert transfer.stats.retransmits == final_retries
+    assert len(result.wakeups) == final_retries + 1
+
+
+def test_a_client_silent_from_the_start_still_times_out() -> None:
+    """One block, no options: DATA 1 is also the last block, but nothing was ever
+    acknowledged, so nothing says the client is there at all."""
+    transfer = make(payload(100))
+    result = run(transfer, Client(), drop=lambda kind, n, d: kind == "ack")
+    assert transfer.outcome is Outcome.TIMED_OUT and transfer.outcome.failed
+    assert result.wakeups[-1] == 31.0
+
+
+def test_final_ack_after_a_resend_still_completes() -> None:
+    transfer = make(payload(2000))
+    # the first ACK 4 is lost, the client re-ACKs the resent block 4 (it dallies)
+    result = run(transfer, Client(), drop=lambda kind, n, d: d == encode_ack(4) and n == 4)
+    assert transfer.outcome is Outcome.COMPLETE and result.wakeups == [1.0]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    size=st.integers(0, 200_000),
+    blksize=st.sampled_from([8, 512, 1428, 1468, 8192]),
+    losses=st.lists(st.tuples(st.integers(1, 400), st.integers(1, 4)), max_size=6),
+    lose_acks=st.booleans(),
+)
+def test_lock_step_fast_path_matches_the_general_path(
+    size: int, blksize: int, losses: list[tuple[int, int]], lose_acks: bool
+) -> None:
+    """`receive_ack` shortcuts the common lock-step ACK; with the shortcut switched off (a
+    private switch, for this comparison only) every datagram, timer and counter is the same.
+    Losses come in runs (a block lost again after its resend)."""
+    data = payload(size)
+    lost = {first + i for first, length in losses for i in range(length)}
+    kind = "ack" if lose_acks else "data"
+    outcomes = []
+    for fast in (True, False):
+        transfer = make(data, {"blksize": str(blksize)}, retries=20)
+        transfer._lockstep = fast
+        result = run(transfer, Client(), drop=lambda k, n, d: k == kind and n in lost)
+        outcomes.append((result.sent, result.wakeups, transfer.outcome, transfer.stats))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][2] in (Outcome.COMPLETE, Outcome.COMPLETE_UNCONFIRMED)
 
 
 def test_handle_timer_before_the_deadline_does_nothing() -> None:

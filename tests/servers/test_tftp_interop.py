@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -270,3 +273,59 @@ def test_twenty_concurrent_curl_transfers(root: Path, tmp_path: Path) -> None:
     expected = digest(root / "mib")
     assert all(digest(tmp_path / f"out{i}") == expected for i in range(20))
     assert server.stats.completed == 20 and server.stats.failed == 0
+
+
+_MTU_SCRIPT = """
+import asyncio, hashlib, json, logging, sys
+from pathlib import Path
+from pxeforge.boot.files import RootFiles
+from pxeforge.servers.tftp import start_tftp
+from pxeforge.servers.tftp_engine import Session
+
+logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+
+async def main(root, out, windows):
+    server = await start_tftp("127.0.0.1", 0, RootFiles(Path(root)))
+    digests = []
+    try:
+        for options in windows:
+            argv = ["atftp"]
+            for option in options:
+                argv += ["--option", option]
+            argv += ["-g", "-r", "mib", "-l", out, "127.0.0.1", str(server.port)]
+            process = await asyncio.create_subprocess_exec(*argv)
+            code = await asyncio.wait_for(process.wait(), 30)
+            digests.append([code, hashlib.sha256(Path(out).read_bytes()).hexdigest()])
+    finally:
+        await server.close()
+    print(json.dumps({"digests": digests, "gso_works": Session.gso_works,
+                      "completed": server.stats.completed}))
+
+asyncio.run(main(sys.argv[1], sys.argv[2], json.loads(sys.argv[3])))
+"""
+
+
+@pytest.mark.root
+def test_windows_above_the_mtu_fall_back_to_one_send_per_block(root: Path, tmp_path: Path) -> None:
+    """UDP GSO refuses segments above the path MTU (EINVAL): on a 1500-byte loopback, blksize
+    8192 windows go out block by block (IP fragments them), blksize 1428 ones still use GSO."""
+    need("atftp")
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and ip(8) for a network namespace")
+    ns = f"pxf-{os.getpid()}-tftp-mtu"
+    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=20)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "mtu", "1500", "up"], check=True)
+        windows = [["blksize 8192", "windowsize 4"], ["blksize 1428", "windowsize 8"]]
+        done = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", _MTU_SCRIPT, str(root),
+             str(tmp_path / "out"), json.dumps(windows)],
+            capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        report = json.loads(done.stdout)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], timeout=20)
+    assert report["digests"] == [[0, digest(root / "mib")]] * 2
+    assert report["completed"] == 2 and report["gso_works"] is True
+    assert "no UDP GSO" in done.stderr  # the 8192-byte windows fell back, for their session

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -462,3 +463,149 @@ def test_bind_errors_propagate(root: Path) -> None:
             await first.close()
 
     asyncio.run(main())
+
+
+# ---------------------------------------------------------------------------------------------
+# the transfer thread
+
+
+def test_beyond_max_transfers_is_error_0_server_busy(root: Path) -> None:
+    config = TransferConfig(max_transfers=2)
+
+    async def scenario(server: TftpServer) -> None:
+        loop = asyncio.get_running_loop()
+        with client_socket() as a, client_socket() as b:
+            tids = []
+            for sock in (a, b):  # two transfers wait for their first ACK
+                await loop.sock_sendto(
+                    sock, encode_request(Opcode.RRQ, "f100000"), (HOST, server.port)
+                )
+                tids.append((await recv(sock))[1])
+            assert server.active == 2
+            error = await refusal(server.port, encode_request(Opcode.RRQ, "f513"))
+            assert (error.code, error.message) == (ErrorCode.NOT_DEFINED, "Server busy")
+            for sock, tid in zip((a, b), tids, strict=True):
+                await loop.sock_sendto(sock, encode_error(0, "enough"), tid)
+            await settle(server)
+        assert await fetch(server.port, "f513") == (root / "f513").read_bytes()
+
+    server = serve(root, scenario, config=config)
+    assert server.stats.busy == 1 and server.stats.refused == 1 and server.stats.completed == 1
+
+
+def test_lost_final_ack_finishes_unconfirmed_not_failed(root: Path) -> None:
+    config = TransferConfig(timeout=0.05, max_timeout=0.2)
+    expected = (root / "f513").read_bytes()
+
+    async def scenario(server: TftpServer) -> None:
+        loop = asyncio.get_running_loop()
+        with client_socket() as sock:
+            await loop.sock_sendto(sock, encode_request(Opcode.RRQ, "f513"), (HOST, server.port))
+            got = b""
+            for block in (1, 2):
+                packet, tid = await recv(sock)
+                got += parse_packet(packet).payload  # type: ignore[union-attr]
+                if block == 1:  # like curl: ACK, and after the last block leave at once
+                    await loop.sock_sendto(sock, encode_ack(1), tid)
+            assert got == expected
+            await settle(server)
+
+    events: list[TftpEvent] = []
+    server = serve(root, scenario, config=config, events=events)
+    assert server.stats.unconfirmed == 1 and server.stats.failed == 0
+    assert server.stats.completed == 0 and server.stats.retransmits == 2
+    assert events[-1].kind is EventKind.FINISHED
+    assert events[-1].outcome is Outcome.COMPLETE_UNCONFIRMED
+
+
+class Faulty:
+    """A boot file whose ``read_at`` hits a bug (not an OSError) on read number ``bad``."""
+
+    def __init__(self, data: bytes, bad: int) -> None:
+        self.name, self.size, self.path = "faulty", len(data), None
+        self._data, self._reads, self._bad = data, 0, bad
+        self.closed = False
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        self._reads += 1
+        if self._reads == self._bad:
+            raise RuntimeError("a bug in a renderer")
+        return self._data[offset : offset + length]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("bad", [1, 3])  # the first read (on the loop), a later one (thread)
+def test_a_bug_while_reading_ends_that_transfer_only(root: Path, bad: int) -> None:
+    opened: list[Faulty] = []
+
+    class Source(RootFiles):
+        def open(self, path: str, client: Any = None) -> BootFile:
+            if path == "faulty":
+                opened.append(Faulty(os.urandom(1_000_000), bad))
+                return opened[-1]
+            return super().open(path, client)
+
+    async def scenario(server: TftpServer) -> None:
+        with pytest.raises(ClientError) as info:  # 64 KiB per read: read 3 is near block 256
+            await fetch(server.port, "faulty", {"blksize": "512"})
+        assert (info.value.code, info.value.message) == (0, "Internal error")
+        await settle(server)
+        assert await fetch(server.port, "f100000") == (root / "f100000").read_bytes()
+
+    events: list[TftpEvent] = []
+    server = serve(Source(root), scenario, events=events)
+    assert opened[0].closed and server.active == 0
+    failed = [e for e in events if e.kind is EventKind.FAILED]
+    assert [e.outcome for e in failed] == [Outcome.CANCELLED]
+    assert server.stats.failed == 1 and server.stats.completed == 1
+
+
+def test_close_leaves_no_thread_and_no_descriptor(root: Path) -> None:
+    def fds() -> set[str]:
+        return set(os.listdir("/proc/self/fd"))
+
+    before_fds = fds()
+    before_threads = {t.ident for t in threading.enumerate()}
+
+    async def scenario(server: TftpServer) -> None:
+        assert any(t.name == "pxeforge-tftp" for t in threading.enumerate())
+        names = ["f100000", "f1000000", "f513"] * 4
+        await asyncio.gather(*(fetch(server.port, n, {"blksize": "1468"}) for n in names))
+
+    serve(root, scenario)
+    assert {t.ident for t in threading.enumerate()} == before_threads
+    assert fds() == before_fds
+
+
+def test_a_new_transfer_is_served_while_another_waits(root: Path) -> None:
+    """A lone transfer waits in a blocking recv; a second one must not wait for it."""
+
+    async def scenario(server: TftpServer) -> None:
+        loop = asyncio.get_running_loop()
+        with client_socket() as idle:
+            await loop.sock_sendto(
+                idle, encode_request(Opcode.RRQ, "f1000000"), (HOST, server.port)
+            )
+            _, tid = await recv(idle)  # DATA 1, never acknowledged for now
+            await asyncio.sleep(0.05)
+            started = time.monotonic()
+            for _ in range(5):
+                assert await fetch(server.port, "f100000") == (root / "f100000").read_bytes()
+            assert time.monotonic() - started < 1.0
+            await loop.sock_sendto(idle, encode_error(0, "bye"), tid)
+
+    server = serve(root, scenario)
+    assert server.stats.completed == 5 and server.stats.aborted == 1
+
+
+def test_two_hundred_concurrent_transfers(root: Path) -> None:
+    async def scenario(server: TftpServer) -> None:
+        results = await asyncio.gather(
+            *(fetch(server.port, "f100000", {"blksize": "1468"}) for _ in range(200))
+        )
+        assert all(r == (root / "f100000").read_bytes() for r in results)
+
+    server = serve(root, scenario)
+    assert server.stats.completed == 200 and server.stats.failed == 0

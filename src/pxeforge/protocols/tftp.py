@@ -7,9 +7,11 @@ raises `TftpError` carrying the TFTP error code to answer with; the ``encode_*``
 each packet's ``to_bytes()`` go the other way. Nothing here touches a socket or a clock.
 
 A `ReadTransfer` is one RRQ being served. The caller feeds it what arrives on the transfer's
-socket (`receive_datagram`) and the passing of time (`handle_timer`), and after each call sends
-what `datagrams_to_send` returns and sleeps until `get_timer`. Time is always passed in, so tests
-drive whole transfers with a fake clock (the aioquic shape).
+socket (`receive_datagram`, or `receive_ack` for an ACK it decoded itself) and the passing of
+time (`handle_timer`), and after each call sends what `datagrams_to_send` returns and sleeps
+until `get_timer`. Time is always passed in, so tests drive whole transfers with a fake clock
+(the aioquic shape). A lock-step ACK of the block in flight, with the next block already read
+ahead, takes a fast path in `receive_ack` that queues exactly what the general path would.
 
 Option negotiation (RFC 2347) happens in the constructor: ``blksize`` (RFC 2348, 8–65464,
 clamped to ``TransferConfig.max_blksize``), ``tsize`` (RFC 2349, answered with the real size),
@@ -38,7 +40,13 @@ size that lost; the rest of the window follows in bursts ``pace`` seconds apart,
 window grows the burst by one block (after 64 clean windows the cap rises again). The window
 itself never shrinks mid-transfer: clients such as EDK2 ACK only after ``windowsize`` blocks.
 
-Ending. The ACK of the last block completes the transfer. An ERROR from the client ends it
+Ending. The ACK of the last block completes the transfer. RFC 1350 §6 lets the client stop
+right after sending that ACK (dallying, to answer a retransmission, is only encouraged, and
+curl or atftp do not), so a lost final ACK leaves us resending to nobody. Once the last block
+is out, a client that has acknowledged something before and then stays silent
+through ``final_retries`` resends ends the transfer as `Outcome.COMPLETE_UNCONFIRMED` — it most
+likely has the file — after ~7 s with the defaults instead of the ~31 s of a timeout. A client
+silent from the start still times out. An ERROR from the client ends a transfer
 quietly; right after the OACK this is the normal tsize probe of OVMF (``RRQ … tsize=0
 blksize=1468 windowsize=4``, OACK, ERROR 8) and the outcome is `Outcome.PROBED`.
 
@@ -492,7 +500,7 @@ class Outcome(enum.Enum):
     CLIENT_ERROR = "client_error"  # the client sent ERROR during the transfer
     TIMED_OUT = "timed_out"  # no progress after `retries` retransmissions
     READ_ERROR = "read_error"  # the file could not be read, or changed size (we sent ERROR 0)
-    CANCELLED = "cancelled"  # the server shut down (we sent ERROR 0)
+    CANCELLED = "cancelled"  # the server shut down or hit a bug (we sent ERROR 0)
 
     @property
     def failed(self) -> bool:
@@ -723,10 +731,10 @@ class ReadTransfer:
         self._probe_at = None
         self._pace_at = now
 
-    def cancel(self, now: float) -> None:
-        """End the transfer from our side (server shutdown); tells the client with ERROR 0."""
+    def cancel(self, now: float, reason: str = "Server shutting down") -> None:
+        """End the transfer from our side; tells the client with ERROR 0 ``reason``."""
         if self._state is not _State.DONE:
-            self._outbox.append(encode_error(ErrorCode.NOT_DEFINED, "Server shutting down"))
+            self._outbox.append(encode_error(ErrorCode.NOT_DEFINED, reason))
             self._finish(now, Outcome.CANCELLED)
 
     # -- output ---------------------------------------------------------------------------

@@ -16,13 +16,13 @@ Theory of operation
   ``stats.dropped`` and logged with the client address; the listener keeps serving.
 
 A transfer starts right there: its sockets (`tftp_engine.transfer_sockets`: one connected to
-the client on a fresh port — the transfer ID of RFC 1350 §4 —, plus an unconnected twin on the same port that answers
-strangers with ERROR 5), its `ReadTransfer`, and its first datagram (OACK or DATA 1). Then it
-is handed to the `TransferEngine`, a dedicated thread that runs every transfer with one epoll
-and a timer heap (see `tftp_engine`: an asyncio callback per block costs more than tftpd-hpa's
-whole block). Finished transfers come back to the loop in batches: the server closes their
-files, updates `stats` and emits one `TftpEvent` each (cheap frozen records, for the per-node
-timeline). `stats` and `active` are only written on the loop.
+the client on a fresh port — the transfer ID of RFC 1350 §4 —, plus an unconnected twin on the
+same port that answers strangers with ERROR 5), its `ReadTransfer`, and its first datagram
+(OACK or DATA 1). Then it is handed to the `TransferEngine`, a dedicated thread that runs every
+transfer with one epoll and a timer heap (see `tftp_engine`: an asyncio callback per block
+costs more than tftpd-hpa's whole block). Finished transfers come back to the loop in
+batches: the server closes their files, updates `stats` and emits one `TftpEvent` each (cheap
+frozen records, for the per-node timeline). `stats` and `active` are only written on the loop.
 
 At most ``config.max_transfers`` run at once; a request beyond that gets ERROR 0 "Server busy"
 (counted in ``refused`` and ``busy``), so a storm cannot exhaust file descriptors: each
@@ -278,7 +278,12 @@ class TftpServer:
                 windowsize=stats.windowsize,
             )
         )
-        session.send_pending(now)  # OACK or DATA 1 right away, then the thread takes over
+        try:
+            session.send_pending(now)  # OACK or DATA 1 right away, then the thread takes over
+        except Exception:  # a bug (in the file's read_at, say): end it, the engine closes it
+            log.exception("TFTP %s:%d: starting %r failed", addr[0], addr[1], name)
+            transfer.cancel(now, "Internal error")
+            session.send_pending(now)
         self._engine.add(session)
 
     def _refuse(self, addr: Address, name: str, code: ErrorCode, message: str) -> None:

@@ -7,13 +7,12 @@ Python (selector, handle, callback, timer re-arm) before the transfer does anyth
 than tftpd-hpa spends on the whole block. So the transfers run on one dedicated thread,
 `TransferEngine`, with a plain loop:
 
-* `select.epoll` (level-triggered) over an eventfd and every transfer socket, sleeping until
-  the earliest timer;
-* per readable socket, one ``recvfrom_into`` into a preallocated buffer; an ACK is decoded with
-  one struct unpack and handed to `ReadTransfer.receive_ack`, anything else to
-  `ReadTransfer.receive_datagram`; a datagram from another address gets ERROR 5 (RFC 1350
-  §4) and is counted in the session's ``wrong_tid``;
-* then the transfer's `datagrams_to_send` go out with ``sendto`` and its timer is re-armed;
+* `select.epoll` (level-triggered) over an eventfd and every transfer's two sockets, sleeping
+  until the earliest timer;
+* per readable transfer socket, one ``recv_into`` into a preallocated buffer; an ACK is
+  decoded with one struct unpack and handed to `ReadTransfer.receive_ack`, anything else to
+  `ReadTransfer.receive_datagram`;
+* then the transfer's `datagrams_to_send` go out and its timer is re-armed;
 * timers live in a heap of ``(when, seq, session)``, kept lazily: a session pushes an entry
   only when its timer moves earlier than the one it has, and an entry that fires early (the
   lock-step deadline moves forward with every ACK) is pushed again at the session's current
@@ -21,23 +20,40 @@ than tftpd-hpa spends on the whole block. So the transfers run on one dedicated 
 
 `ReadTransfer` (protocols.tftp) stays the whole protocol: this module only moves bytes and
 time. A level-triggered epoll and one datagram per wake-up suit lock-step (the next ACK cannot
-be there yet, so a second ``recvfrom`` would only fail) and stay fair in a storm: a busy socket
+be there yet, so a second ``recv`` would only fail) and stay fair in a storm: a busy socket
 simply shows up again in the next ``epoll_wait``.
 
-Hand-over. The asyncio listener parses the RRQ, opens the file, binds the socket, builds the
+Cheaper system calls. Per block, CPython's system calls cost more than the protocol:
+
+* `transfer_sockets` connects each transfer's socket to its client, so blocks go out with
+  ``send`` and ACKs come in with ``recv_into`` (no address to build, parse or compare, no
+  route lookup). An unconnected twin bound to the same port gets every datagram from any
+  other address (the kernel prefers the exact 4-tuple match) and answers it with ERROR 5
+  (RFC 1350 §4), counted in the session's ``wrong_tid``.
+* While a single transfer is all there is (one machine booting, or a benchmark), `_solo`
+  waits for it in a blocking ``recv`` bounded by ``SO_RCVTIMEO``: one system call per block
+  instead of two. It returns to the epoll loop every `_SOLO_WAIT` at most, or as soon as a
+  transfer is handed over, so strangers, new transfers and shutdown wait 5 ms at worst.
+* A window's blocks leave in one ``sendmsg`` with ``UDP_SEGMENT`` (UDP GSO, Linux 4.18+): the
+  kernel cuts the buffer into the very same datagrams, for one system call and one trip down
+  the stack per window. Datagrams above the path MTU make the kernel refuse (EINVAL): that
+  session then sends block by block; any other refusal turns GSO off for the process.
+
+Hand-over. The asyncio listener parses the RRQ, opens the file, creates the sockets, builds the
 `ReadTransfer`, sends its first datagrams and only then calls `TransferEngine.add` (a deque
 append and an eventfd write): from that point only the engine thread touches the transfer and
-its socket. Finished sessions (socket closed) are handed back in one ``call_soon_threadsafe``
+its sockets. Finished sessions (sockets closed) are handed back in one ``call_soon_threadsafe``
 per loop iteration; the server then closes files, counts and emits events on its own loop, so
 its statistics and ``active`` count are only ever written by the asyncio thread.
 
 Shutdown. `TransferEngine.stop` asks the thread to cancel every transfer (`ReadTransfer.cancel`:
 ERROR 0 to the client), hand them back, and exit; it then joins the thread and closes the epoll
-and eventfd. A bug in one session is logged and ends that session only.
+and eventfd. A bug in one session is logged and ends that session only (ERROR 0 "Internal
+error"); a bug in the loop itself is logged and the loop goes on.
 
-The GIL is released in ``epoll_wait``, ``recvfrom_into`` and ``sendto``, so the asyncio thread
-(DHCP, HTTP, the API) keeps running while transfers wait; both threads share one interpreter
-lock, so CPU-heavy work on the loop delays TFTP blocks and the other way round.
+The GIL is released in ``epoll_wait``, ``recv_into`` and ``send``, so the asyncio thread (DHCP,
+HTTP, the API) keeps running while transfers wait; both threads share one interpreter lock, so
+CPU-heavy work on the loop delays TFTP blocks and the other way round.
 """
 
 from __future__ import annotations
@@ -358,6 +374,9 @@ class TransferEngine:
         assert self._epoll is not None
         while self._incoming:
             session = self._incoming.popleft()
+            if session.transfer.done:  # it ended before the hand-over (a bug on the loop)
+                self._close(session)
+                continue
             self._sessions[session.fd] = session
             self._strays[session.stray_fd] = session
             self._epoll.register(session.fd, select.EPOLLIN)
@@ -509,7 +528,7 @@ class TransferEngine:
     def _crash(self, session: Session, now: float) -> None:
         log.exception("TFTP %s:%d: transfer failed", *session.addr)
         with contextlib.suppress(Exception):
-            session.transfer.cancel(now)
+            session.transfer.cancel(now, "Internal error")
             session.send_pending(now)
         self._close(session)
 
