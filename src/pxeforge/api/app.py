@@ -409,7 +409,7 @@ async def _list_nodes(request: web.Request, *, detail: bool) -> web.Response:
     else:
         shown = fields if fields is not None else views.NODE_LIST_FIELDS
         rows = await ctx.run(ctx.store.list_node_fields, _columns(shown), **filters)
-        items = [views.node_view(r, version, base, fields=shown, conductor=conductor) for r in rows]
+        items = views.node_list_views(rows, version, base, shown, conductor=conductor)
     page = min(limit or MAX_LIMIT, MAX_LIMIT)
     path = "nodes/detail" if request.path.rstrip("/").endswith("/detail") else "nodes"
     next_url = None
