@@ -18,7 +18,15 @@ from typing import Any
 from pxeforge.boot.machine import normalize_mac
 from pxeforge.errors import ConfigError
 
-__all__ = ["ApiAuth", "BootMethod", "DhcpMode", "Settings", "load_toml", "parse_pool"]
+__all__ = [
+    "ApiAuth",
+    "BootMethod",
+    "DhcpMode",
+    "IdleBoot",
+    "Settings",
+    "load_toml",
+    "parse_pool",
+]
 
 
 class DhcpMode(enum.Enum):
@@ -37,6 +45,13 @@ class ApiAuth(enum.Enum):
 class BootMethod(enum.Enum):
     PXELINUX = "pxelinux"  # pxelinux.0 (BIOS) / shim + GRUB (UEFI) over TFTP
     IPXE = "ipxe"  # undionly.kpxe / snponly.efi, then an iPXE script over HTTP
+
+
+class IdleBoot(enum.Enum):
+    """What an enrolled node boots when it has nothing to do (enroll, manageable, available)."""
+
+    NONE = "none"  # nothing: no DHCP boot answer, the firmware tries its next boot option
+    LOCAL = "local"  # boot from the local disk (pxelinux localboot, GRUB chain, iPXE exit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +98,29 @@ class Settings:
     heartbeat_interval: float = 10.0  # [conductor]heartbeat_interval, seconds
     heartbeat_timeout: float = 60.0  # [conductor]heartbeat_timeout: a silent conductor is dead
     check_provision_state_interval: float = 60.0  # [conductor]…: how often waits are checked
+    # the boot plane follows the inventory (`pxeforge serve` without --kernel)
+    deploy_kernel: Path | None = None  # agent ramdisk kernel ([conductor]deploy_kernel)
+    deploy_ramdisk: Path | None = None  # agent ramdisk initrd ([conductor]deploy_ramdisk)
+    agent_cmdline: str = ""  # extra kernel parameters for the agent ramdisk
+    idle_boot: IdleBoot = IdleBoot.NONE  # enroll / manageable / available nodes boot this
+    auto_enroll: bool = False  # unknown PXE MACs become nodes in "enroll" (manual-management)
+    templates_dir: Path | None = None  # kickstart/preseed/autoinstall templates overriding ours
+    boot_cache_ttl: float = 1.0  # seconds a MAC's boot answer is cached (DHCP asks per packet)
+    api_url: str | None = None  # the API URL ramdisks call; default http://<address>:<api_port>
 
     @property
     def http_base(self) -> str:
         """The URL prefix clients use to reach our HTTP server."""
         host = str(self.address) if self.address is not None else "127.0.0.1"
         return f"http://{host}:{self.http_port}"
+
+    @property
+    def api_base(self) -> str:
+        """The URL prefix ramdisks use to reach the REST API (no trailing slash)."""
+        if self.api_url:
+            return self.api_url.rstrip("/")
+        host = str(self.address) if self.address is not None else "127.0.0.1"
+        return f"http://{host}:{self.api_port}"
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -126,6 +158,20 @@ def _coerce(name: str, value: Any) -> Any:
                 return BootMethod(value)
             case "api_auth":
                 return ApiAuth(value)
+            case "idle_boot":
+                return IdleBoot(value)
+            case "auto_enroll":
+                if not isinstance(value, bool):
+                    raise TypeError(f"expected true or false, got {value!r}")
+                return value
+            case "boot_cache_ttl":
+                return float(value)
+            case "agent_cmdline" | "api_url":
+                if not isinstance(value, str):
+                    raise TypeError(f"expected a string, got {value!r}")
+                return value
+            case "deploy_kernel" | "deploy_ramdisk" | "templates_dir":
+                return Path(value)
             case (
                 "deploy_callback_timeout"
                 | "inspect_wait_timeout"

@@ -1,0 +1,1 @@
+"""Installer-based deploys: per-node kickstart / preseed / autoinstall files (`kickstart`)."""
