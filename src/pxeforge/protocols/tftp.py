@@ -11,7 +11,8 @@ socket (`receive_datagram`, or `receive_ack` for an ACK it decoded itself) and t
 time (`handle_timer`), and after each call sends what `datagrams_to_send` returns and sleeps
 until `get_timer`. Time is always passed in, so tests drive whole transfers with a fake clock
 (the aioquic shape). A lock-step ACK of the block in flight, with the next block already read
-ahead, takes a fast path in `receive_ack` that queues exactly what the general path would.
+ahead, takes a shortcut (`lock_step_ack`, which a server may also call directly to get the
+next DATA without the queue) that leaves exactly the state the general path would.
 
 Option negotiation (RFC 2347) happens in the constructor: ``blksize`` (RFC 2348, 8–65464,
 clamped to ``TransferConfig.max_blksize``), ``tsize`` (RFC 2349, answered with the real size),
@@ -639,28 +640,10 @@ class ReadTransfer:
     def receive_ack(self, block: int, now: float) -> None:
         """An ACK for wire block ``block`` from the client's TID (a server's hot path: it
         decodes ACKs itself and skips `receive_datagram`)."""
-        if self._lockstep and self._pace_at is None:
-            # Lock-step fast path: the ACK of the one block in flight, and the next block is a
-            # full one already read ahead. It queues that block exactly as the general path
-            # below and `_send_burst` would (tests compare both), in a third of the time.
-            high = self._high
-            if block == high & 0xFFFF and high >= self._base and self._state is _State.DATA:
-                blksize = self.blksize
-                rel = high * blksize - self._cache_at  # where block high + 1 starts
-                cache = self._cache
-                if rel >= 0 and rel + blksize <= len(cache) and high + 1 < self._last:
-                    high += 1
-                    self._outbox.append(_pack_header(3, high & 0xFFFF) + cache[rel : rel + blksize])
-                    self._base = self._high = high
-                    self._next = self._window_end = high + 1
-                    if self._retries:
-                        self._retries = 0
-                        self._timeout = self._base_timeout
-                    self._deadline = now + self._timeout
-                    stats = self.stats
-                    stats.blocks += 1
-                    stats.bytes_sent += blksize
-                    return
+        datagram = self.lock_step_ack(block, now)
+        if datagram is not None:
+            self._outbox.append(datagram)
+            return
         state = self._state
         if state is not _State.DATA:
             if state is _State.OACK and block == 0:  # RFC 2347: ACK 0 accepts the OACK
@@ -698,6 +681,31 @@ class ReadTransfer:
         self._next = base
         self._deadline = None
         self._pace_at = now
+
+    def lock_step_ack(self, block: int, now: float) -> bytes | None:
+        """The lock-step shortcut of `receive_ack`, for servers: when ``block`` acknowledges
+        the one block in flight, nothing went wrong so far (no retransmission pending, nothing
+        queued) and the next block is a full one already read ahead, move on and return that
+        block's DATA for the caller to send. Nothing else is queued then, the transfer is not
+        done and its timer only moved later. Otherwise change nothing and return None: the
+        caller goes on with `receive_ack`. Same state as the general path (tests compare both).
+        """
+        if self._lockstep and self._pace_at is None and not self._retries and not self._outbox:
+            high = self._high
+            if block == high & 0xFFFF and high >= self._base and self._state is _State.DATA:
+                blksize = self.blksize
+                rel = high * blksize - self._cache_at  # where block high + 1 starts
+                cache = self._cache
+                if rel >= 0 and rel + blksize <= len(cache) and high + 1 < self._last:
+                    high += 1
+                    self._base = self._high = high
+                    self._next = self._window_end = high + 1
+                    self._deadline = now + self._timeout
+                    stats = self.stats
+                    stats.blocks += 1
+                    stats.bytes_sent += blksize
+                    return _pack_header(3, high & 0xFFFF) + cache[rel : rel + blksize]
+        return None
 
     def handle_timer(self, now: float) -> None:
         """Probe or retransmit if their time has come; an early call does nothing."""

@@ -95,7 +95,9 @@ _NO_GSO_ERRORS = frozenset(
 )
 _u16 = struct.Struct("=H").pack
 _SOLO_WAIT = 0.005  # seconds: longest blocking wait of a lone transfer (see `_solo`)
-_CLOSED = -2  # Session.armed_seq of a closed session
+_CLOSED = -2  # Session.armed_seq of a closed session; also what `_received` says then
+_ONWARD = 0  # `_received`: a lock-step block went out, the timer only moved later
+_REARM = 1  # `_received`: the transfer goes on, its timer may have moved earlier
 _PAUSE = 0.05  # seconds the thread rests after an unexpected error (no hot error loop)
 _ACK = Opcode.ACK.value
 
@@ -111,6 +113,9 @@ class Session:
         "fd",
         "file",
         "gso",
+        "lock_step",
+        "receive_into",
+        "send_datagram",
         "sock",
         "stray",
         "stray_fd",
@@ -131,6 +136,10 @@ class Session:
         self.stray_fd = self.stray.fileno()
         self.addr = addr
         self.transfer = transfer
+        # bound once: the hot path calls them per block
+        self.receive_into = self.sock.recv_into
+        self.send_datagram = self.sock.send
+        self.lock_step = transfer.lock_step_ack
         self.file = file  # read by the transfer; closed by the server once handed back
         self.gso = True  # cleared when this path refuses segmentation (datagrams > MTU)
         self.armed: float | None = None  # time of this session's live heap entry
@@ -337,7 +346,9 @@ class TransferEngine:
         heap = self._heap
         heappop = heapq.heappop
         clock = time.monotonic
-        readable = self._readable
+        strays = self._strays
+        buffer = self._buffer
+        unpack = _unpack_header
         now = clock()
         while not self._stopping:
             # `now` is from before the last round of work: epoll rounds the timeout up to a
@@ -355,12 +366,36 @@ class TransferEngine:
             now = clock()
             for fd, _ in events:
                 session = sessions.get(fd)
-                if session is not None:
-                    readable(session, now)
-                elif fd in self._strays:
-                    self._stray(self._strays[fd])
-                else:
-                    self._take_incoming(now)
+                if session is None:
+                    if fd in strays:
+                        self._stray(strays[fd])
+                    else:
+                        self._take_incoming(now)
+                    continue
+                # The storm's hot path, inline: read the ACK, send the next block.
+                try:
+                    n = session.receive_into(buffer)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as exc:  # an ICMP error (the client is gone?): the timer goes on
+                    log.debug("TFTP %s:%d: receive error: %s", *session.addr, exc)
+                    continue
+                if n >= 4:
+                    opcode, block = unpack(buffer)
+                    if opcode == _ACK:
+                        try:
+                            datagram = session.lock_step(block, now)
+                        except Exception:
+                            self._crash(session, now)
+                            continue
+                        if datagram is not None:  # the timer only moved later: done here
+                            try:
+                                session.send_datagram(datagram)
+                            except OSError as exc:  # EAGAIN or ICMP: the timer recovers
+                                log.debug("TFTP %s:%d: send failed: %s", *session.addr, exc)
+                            continue
+                if self._received(session, n, now) == _REARM:
+                    self._rearm(session)
             while heap and heap[0][0] <= now:
                 _, seq, session = heappop(heap)
                 if session.armed_seq == seq:
@@ -383,30 +418,24 @@ class TransferEngine:
             self._epoll.register(session.stray_fd, select.EPOLLIN)
             self._rearm(session)
 
-    def _readable(self, session: Session, now: float) -> None:
-        try:
-            n = session.sock.recv_into(self._buffer)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:  # an ICMP error (the client is gone?): the timer goes on
-            log.debug("TFTP %s:%d: receive error: %s", *session.addr, exc)
-            return
-        if self._received(session, n, now):
-            when = session.transfer.get_timer()
-            if when is not None:
-                armed = session.armed
-                if armed is None or when < armed:
-                    self._push(session, when)
-
-    def _received(self, session: Session, n: int, now: float) -> bool:
-        """The hot path: ``n`` bytes from the client are in the buffer. Feeds them to the
-        transfer and sends what it answers; False once the session is closed."""
+    def _received(self, session: Session, n: int, now: float) -> int:
+        """``n`` bytes from the client are in the buffer: feed them to the transfer and send
+        what it answers (the epoll loop inlines the lock-step shortcut before calling this).
+        Returns `_ONWARD` (a lock-step block went out: the timer only moved later), `_REARM`
+        (check the timer) or `_CLOSED` (it ended)."""
         transfer = session.transfer
         buffer = self._buffer
         try:
             if n >= 4:
                 opcode, block = _unpack_header(buffer)
                 if opcode == _ACK:
+                    datagram = session.lock_step(block, now)
+                    if datagram is not None:  # the next block: nothing else to do
+                        try:
+                            session.send_datagram(datagram)
+                        except OSError as exc:  # EAGAIN or ICMP: the timer recovers
+                            log.debug("TFTP %s:%d: send failed: %s", *session.addr, exc)
+                        return _ONWARD
                     transfer.receive_ack(block, now)
                 else:
                     self._other(session, bytes(buffer[:n]), now)
@@ -422,11 +451,11 @@ class TransferEngine:
                 session.send(datagrams)
             if transfer.done:
                 self._close(session)
-                return False
+                return _CLOSED
         except Exception:
             self._crash(session, now)
-            return False
-        return True
+            return _CLOSED
+        return _REARM
 
     def _solo(self, session: Session, now: float) -> float:
         """While one transfer is all there is, wait for its datagrams in a blocking ``recv``
@@ -438,7 +467,7 @@ class TransferEngine:
         transfer = session.transfer
         buffer = self._buffer
         clock = time.monotonic
-        recv_into = sock.recv_into
+        recv_into = session.receive_into
         waiting = -1.0  # the SO_RCVTIMEO in force
         check_at = now + _SOLO_WAIT
         sock.setblocking(True)
@@ -464,7 +493,7 @@ class TransferEngine:
                     log.debug("TFTP %s:%d: receive error: %s", *session.addr, exc)
                     n = -1
                 now = clock()
-                if n >= 0 and not self._received(session, n, now):
+                if n >= 0 and self._received(session, n, now) == _CLOSED:
                     return now
                 if now >= check_at:
                     return now  # one epoll round: strays, timers, the eventfd
