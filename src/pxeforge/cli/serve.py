@@ -18,7 +18,15 @@ import click
 
 from pxeforge.boot.booter import Booter, StaticBooter
 from pxeforge.boot.machine import normalize_mac
-from pxeforge.config import ApiAuth, BootMethod, DhcpMode, Settings, load_toml, parse_pool
+from pxeforge.config import (
+    ApiAuth,
+    BootMethod,
+    DhcpMode,
+    IdleBoot,
+    Settings,
+    load_toml,
+    parse_pool,
+)
 from pxeforge.errors import ConfigError, StartupError
 from pxeforge.netif import interface_network, require_interface
 
@@ -58,7 +66,11 @@ def build_settings(config: Path | None, flags: dict[str, Any]) -> Settings:
                 value = BootMethod(value)
             case "api_auth":
                 value = ApiAuth(value)
-            case "root" | "data_dir" | "kernel":
+            case "idle_boot":
+                value = IdleBoot(value)
+            case "root" | "data_dir" | "kernel" | "deploy_kernel" | "deploy_ramdisk":
+                value = Path(value)
+            case "templates_dir":
                 value = Path(value)
             case "initrds":
                 value = tuple(Path(p) for item in value for p in item.split(",") if p)
@@ -110,9 +122,11 @@ def check_settings(settings: Settings) -> Settings:
             f"boot root {settings.root} is not a directory; create it or fill it with "
             f"`pxeforge assets fetch --root {settings.root}`"
         )
-    if settings.kernel is None:
-        raise ConfigError("nothing to boot: pass --kernel FILE [--initrd FILE] [--cmdline STR]")
-    for path in (settings.kernel, *settings.initrds):
+    if settings.kernel is None and settings.initrds:
+        raise ConfigError("--initrd needs --kernel (without --kernel the inventory decides)")
+    if settings.templates_dir is not None and not settings.templates_dir.is_dir():
+        raise StartupError(f"--templates-dir {settings.templates_dir} is not a directory")
+    for path in (*((settings.kernel,) if settings.kernel else ()), *settings.initrds):
         if not path.is_file():
             raise StartupError(f"boot file {path} does not exist (or is not a regular file)")
     try:
@@ -124,7 +138,7 @@ def check_settings(settings: Settings) -> Settings:
     return settings
 
 
-async def _serve(settings: Settings, booter: Booter) -> None:
+async def _serve(settings: Settings, booter: Booter | None) -> None:
     from pxeforge.servers.run import start_services
 
     services = await start_services(settings, booter)
@@ -142,8 +156,10 @@ async def _serve(settings: Settings, booter: Booter) -> None:
             err=True,
         )
     api_host = str(settings.address) if settings.address is not None else "127.0.0.1"
+    boots = "static --kernel" if booter is not None else "inventory"
     click.echo(
         f"pxeforge serving: DHCP {settings.dhcp_mode.value}, TFTP :{services.tftp.port}, "
+        f"boot answers from the {boots}, "
         f"HTTP {settings.http_base} (boot method {settings.boot_method.value}), "
         f"API http://{api_host}:{services.api.port}/v1 (auth {settings.api_auth.value}); "
         "Ctrl-C stops",
@@ -209,6 +225,29 @@ async def _serve(settings: Settings, booter: Booter) -> None:
     help="Initrd(s) for --kernel (comma-separated or repeated).",
 )
 @click.option("--cmdline", help="Kernel command line for --kernel.")
+@click.option(
+    "--deploy-kernel",
+    type=click.Path(path_type=Path),
+    help="Agent ramdisk kernel (inventory mode: inspecting, cleaning, agent deploys).",
+)
+@click.option("--deploy-ramdisk", type=click.Path(path_type=Path), help="Agent ramdisk initrd.")
+@click.option("--agent-cmdline", help="Extra kernel parameters for the agent ramdisk.")
+@click.option(
+    "--idle-boot",
+    type=click.Choice([m.value for m in IdleBoot]),
+    help="What enroll/manageable/available nodes boot: none (default) or local disk.",
+)
+@click.option(
+    "--auto-enroll/--no-auto-enroll",
+    "auto_enroll",
+    default=None,
+    help="Enroll unknown PXE clients as nodes (driver manual-management); off by default.",
+)
+@click.option(
+    "--templates-dir",
+    type=click.Path(path_type=Path),
+    help="Installer templates (kickstart.ks.j2, preseed.cfg.j2, …) overriding the built-in.",
+)
 @click.option("--api-port", type=int, help="REST API port (6385, Ironic's; 0: any free port).")
 @click.option(
     "--api-auth",
@@ -222,11 +261,20 @@ async def _serve(settings: Settings, booter: Booter) -> None:
     help="Inventory database (default sqlite in --data-dir; postgresql+psycopg://user@host/db).",
 )
 def serve(config: Path | None, **flags: Any) -> None:
-    """Run DHCP, TFTP and HTTP boot services in one process."""
+    """Run DHCP, TFTP and HTTP boot services and the inventory API in one process.
+
+    With --kernel every PXE client boots that kernel; without it, what each machine boots
+    follows its node in the inventory (agent ramdisk, installer, local disk, or nothing).
+    """
     settings = check_settings(build_settings(config, flags))
-    assert settings.kernel is not None
-    booter = StaticBooter(settings.kernel, settings.initrds, settings.cmdline)
-    booter.validate()
+    booter: StaticBooter | None = None
+    if settings.kernel is not None:
+        booter = StaticBooter(settings.kernel, settings.initrds, settings.cmdline)
+        booter.validate()
+    else:
+        from pxeforge.inventory.booter import check_settings as check_inventory_boot
+
+        check_inventory_boot(settings)
     try:
         asyncio.run(_serve(settings, booter))
     except KeyboardInterrupt:

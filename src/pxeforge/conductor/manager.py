@@ -48,7 +48,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import hmac
 import logging
+import secrets
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -63,11 +65,13 @@ from pxeforge.drivers.base import (
     PowerState,
 )
 from pxeforge.drivers.registry import get_driver
+from pxeforge.inventory.booter import is_installer_deploy
 from pxeforge.inventory.errors import (
     InvalidParameterValue,
     InvalidState,
     InvalidTransition,
     NodeLocked,
+    NodeNotFound,
 )
 from pxeforge.inventory.lifecycle import Outcome, process_event
 from pxeforge.inventory.machine import advance, allowed_verbs, next_target
@@ -77,6 +81,7 @@ from pxeforge.inventory.states import (
     CLEANING,
     DELETING,
     DEPLOYING,
+    DEPLOYWAIT,
     INSPECTING,
     MANAGEABLE,
     POWER_OFF,
@@ -100,6 +105,8 @@ __all__ = [
     "BOOT_DEVICES",
     "Conductor",
     "DriverLookup",
+    "InstallerCallbackRefused",
+    "KICKSTART_TOKEN",
     "NoFreeWorker",
     "NodeInMaintenance",
     "Step",
@@ -118,6 +125,9 @@ BOOT_DEVICES: Final = tuple(d.value for d in BootDevice if d is not BootDevice.S
 
 _MAINTENANCE_OK: Final = frozenset({"manage", "abort", "unhold"})
 """Verbs allowed while a node is in maintenance (the rest would touch the machine)."""
+
+KICKSTART_TOKEN: Final = "kickstart_token"
+"""driver_internal_info key of the per-deploy secret the installer's callback must present."""
 
 _LOCK_ATTEMPTS: Final = 50
 _LOCK_INTERVAL: Final = 0.1
@@ -141,6 +151,17 @@ class NoFreeWorker(InvalidState):
     def __init__(self) -> None:
         super().__init__("Requested action cannot be performed due to lack of free conductor "
                          "workers.")  # fmt: skip
+
+
+class InstallerCallbackRefused(NodeNotFound):
+    """An installer callback for a node not waiting for one, or with a wrong token.
+
+    Both are answered alike (404, nothing said about the node) so a caller cannot probe
+    which nodes exist or are deploying (cf. Ironic CVE-2016-4985)."""
+
+    def __init__(self, node: str, why: str) -> None:
+        super().__init__(node)
+        self.why = why
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,9 +540,85 @@ class Conductor:
         return Step(Event.WAIT, changes={"power_state": power}, notes=tuple(notes))
 
     def _deploy(self, node: NodeRecord) -> Step:
+        if not is_installer_deploy(node):
+            power, notes = self._boot_network(node)
+            notes.append("Waiting for the installer or the agent ramdisk to call back")
+            return Step(Event.WAIT, changes={"power_state": power}, notes=tuple(notes))
+        # Installer deploy (kickstart / preseed / autoinstall): the boot plane serves the
+        # installer while the node is deploying/wait call-back; its final callback must carry
+        # this deploy's token (see installer_done_sync).
+        info = node.instance_info
+        missing = [k for k in ("kernel", "ramdisk") if not isinstance(info.get(k), str)]
+        if missing:
+            return Step(
+                Event.FAIL,
+                last_error=(
+                    f"Installer deploy of node {node.uuid} needs instance_info "
+                    f"{' and '.join(missing)} (the installer's kernel and initrd: URLs or "
+                    "paths under the boot root)"
+                ),
+            )
+        internal = dict(node.driver_internal_info)
+        internal[KICKSTART_TOKEN] = secrets.token_urlsafe(32)
         power, notes = self._boot_network(node)
-        notes.append("Waiting for the installer or the agent ramdisk to call back")
-        return Step(Event.WAIT, changes={"power_state": power}, notes=tuple(notes))
+        notes.append("Waiting for the installer's final callback (kickstart %post)")
+        return Step(
+            Event.WAIT,
+            changes={"power_state": power, "driver_internal_info": internal},
+            notes=tuple(notes),
+        )
+
+    # ---- installer callback ------------------------------------------------------------------
+
+    def installer_done_sync(self, node: str, token: str) -> NodeRecord:
+        """The installer finished: ``wait call-back`` → (resume) deploying → (done) active.
+
+        Refused with `InstallerCallbackRefused` unless the node is an installer deploy in
+        ``wait call-back`` and ``token`` is this deploy's (compared in constant time). The
+        boot device is set to disk (persistently) on the way; a driver that cannot is noted in
+        the history, not fatal: the boot plane answers local boot for ``active`` nodes anyway.
+        """
+        record = self.store.get_node(node)
+
+        def check(current: NodeRecord) -> None:
+            expected = current.driver_internal_info.get(KICKSTART_TOKEN)
+            if current.provision_state != DEPLOYWAIT or not is_installer_deploy(current):
+                raise InstallerCallbackRefused(node, f'node is "{current.provision_state}"')
+            if not isinstance(expected, str) or not hmac.compare_digest(
+                expected.encode(), token.encode()
+            ):
+                raise InstallerCallbackRefused(node, "wrong token")
+
+        check(record)  # refuse before locking or writing anything
+
+        def finish(before: NodeRecord, _new: str) -> Outcome:
+            check(before)  # again, under the lock
+            notes = ["The installer called back: installation complete"]
+            try:
+                note = self._driver(before).set_boot_device(
+                    before.driver_info, BootDevice.DISK, True
+                )
+                notes.append(note or "Boot device set to disk (persistent)")
+            except DriverError as exc:
+                notes.append(f"Could not set the boot device to disk: {exc}")
+            for text in notes:
+                self.store.add_history(
+                    before.id, text, event_type=HistoryType.PROVISIONING, conductor=self.holder
+                )
+            internal = {
+                k: v for k, v in before.driver_internal_info.items() if k != KICKSTART_TOKEN
+            }
+            return Outcome(event=Event.DONE, changes={"driver_internal_info": internal})
+
+        return process_event(
+            self.store,
+            record.uuid,
+            Event.RESUME,
+            holder=self.holder,
+            driver_work=finish,
+            lock_attempts=_LOCK_ATTEMPTS,
+            lock_interval=_LOCK_INTERVAL,
+        )
 
     def _rescue(self, node: NodeRecord) -> Step:
         power, notes = self._boot_network(node)
@@ -535,7 +632,7 @@ class Conductor:
         internal = {
             k: v
             for k, v in node.driver_internal_info.items()
-            if k not in ("deploy_steps", "clean_steps", "disable_ramdisk")
+            if k not in ("deploy_steps", "clean_steps", "disable_ramdisk", KICKSTART_TOKEN)
         }
         changes = {
             "power_state": _power(state) if state is not None else POWER_OFF,
@@ -575,6 +672,77 @@ class Conductor:
                 changes={"driver_internal_info": internal},
             )
         return Step(Event.DONE, changes={"driver_internal_info": internal})
+
+    # ---- inspection (the agent's POST /v1/continue_inspection) ------------------------------
+
+    async def continue_inspection(
+        self, node: str, inventory: Mapping[str, Any], plugin_data: Mapping[str, Any]
+    ) -> NodeRecord:
+        """The agent's inventory: see `continue_inspection_sync`."""
+        return await self._call(self.continue_inspection_sync, node, inventory, plugin_data)
+
+    def continue_inspection_sync(
+        self, node: str, inventory: Mapping[str, Any], plugin_data: Mapping[str, Any]
+    ) -> NodeRecord:
+        """``inspect wait`` → ``manageable``: store the inventory, set ``properties`` (cpus,
+        memory_mb, local_gb, cpu_arch), add the boot NIC's port, power the machine off (Ironic's
+        ``[inspector]power_off``) and forget the agent's token. Still ``inspecting`` (the
+        conductor is booting it): `NodeLocked` (409, the agent retries); any other state:
+        `NodeNotFound` (404, as Ironic: the caller learns nothing)."""
+        from pxeforge.conductor import inspection
+        from pxeforge.inventory.errors import MACAlreadyExists, NodeNotFound
+        from pxeforge.inventory.states import INSPECTWAIT
+
+        record = self.store.get_node(node)
+        if record.provision_state == INSPECTING:
+            raise NodeLocked(record.uuid, record.reservation or self.holder)
+        if record.provision_state != INSPECTWAIT:
+            raise NodeNotFound(node)
+
+        def work(before: NodeRecord, _new: str) -> Outcome:
+            if before.provision_state != INSPECTWAIT:
+                raise InvalidState(f"Node {before.uuid} left inspect wait meanwhile")
+            self.store.save_inventory(
+                before.id, inventory, inspection.plugin_data(inventory, plugin_data)
+            )
+            notes = ["Inventory received from the agent"]
+            for mac in inspection.port_macs(inventory):
+                try:
+                    self.store.create_port(before.id, mac, pxe_enabled=True)
+                    notes.append(f"Port {mac} created from the inventory")
+                except MACAlreadyExists:
+                    pass  # already this node's port (or another node's: left alone)
+            props = dict(before.properties)
+            props.update(inspection.properties(inventory))
+            internal = {
+                k: v
+                for k, v in before.driver_internal_info.items()
+                if k not in ("agent_secret_token", "agent_url")
+            }
+            changes: dict[str, Any] = {"properties": props, "driver_internal_info": internal}
+            try:
+                driver = self._driver(before)
+                note = driver.set_power_state(before.driver_info, PowerState.POWER_OFF)
+                if note:
+                    notes.append(note)
+                changes["power_state"] = POWER_OFF
+            except DriverError as exc:
+                notes.append(f"Could not power the node off after inspection: {exc}")
+            for text in notes:
+                self.store.add_history(
+                    before.id, text, event_type=HistoryType.INTROSPECTION, conductor=self.holder
+                )
+            return Outcome(changes=changes)
+
+        return process_event(
+            self.store,
+            record.uuid,
+            Event.DONE,
+            holder=self.holder,
+            driver_work=work,
+            lock_attempts=_LOCK_ATTEMPTS,
+            lock_interval=_LOCK_INTERVAL,
+        )
 
     # ---- power, boot device, validation ------------------------------------------------------
 

@@ -31,6 +31,11 @@ One aiohttp application (low-level `web.AppRunner` + `web.TCPSite`), four kinds 
     sends) or ``key=value`` lines; query parameters are merged under the body's. Records are
     logged ("callback from <mac>") and kept in memory, newest last, at most
     `CALLBACK_HISTORY`; the GET returns them as a JSON list. A malformed body is 400.
+``GET /ks/<uuid>[/<name>]`` and ``POST /ks/<uuid>/done?token=…``
+    Only when an `InstallerHooks` is given (``pxeforge serve`` with the inventory): the
+    per-node installer file (kickstart, preseed, cloud-init ``user-data``/``meta-data``) and
+    the installer's final callback. The server passes the UUID, name and token through and
+    answers what the hooks say; it never sees the inventory.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote
 
 from aiohttp import hdrs, web
@@ -61,6 +66,7 @@ from pxeforge.errors import AccessViolation, FileNotFound
 __all__ = [
     "CALLBACK_HISTORY",
     "HttpServer",
+    "InstallerHooks",
     "firmware_from_ipxe",
     "parse_callback",
     "start_http",
@@ -143,6 +149,18 @@ def parse_callback(body: bytes, query: Mapping[str, str]) -> dict[str, Any]:
     return record
 
 
+class InstallerHooks(Protocol):
+    """What the HTTP server asks about installer deploys; answers are (status, text body)."""
+
+    async def installer_config(self, node: str, name: str) -> tuple[int, str]:
+        """``GET /ks/<node>`` (``name`` "") or ``/ks/<node>/<name>``."""
+        ...
+
+    async def installer_done(self, node: str, token: str) -> tuple[int, str]:
+        """``POST /ks/<node>/done?token=<token>``: the installer finished."""
+        ...
+
+
 @dataclass
 class HttpServer:
     """A running HTTP server; ``port`` is the bound port (useful with port 0)."""
@@ -195,11 +213,13 @@ class _Handlers:
         booter: Booter,
         registry: ClientRegistry,
         server: HttpServer,
+        installer: InstallerHooks | None = None,
     ) -> None:
         self.files = files
         self.booter = booter
         self.registry = registry
         self.server = server
+        self.installer = installer
 
     async def file(self, request: web.Request) -> web.StreamResponse:
         raw = request.raw_path.partition("?")[0]
@@ -291,6 +311,35 @@ class _Handlers:
     async def callbacks(self, request: web.Request) -> web.Response:
         return web.json_response(list(self.server.callbacks))
 
+    async def installer_config(self, request: web.Request) -> web.Response:
+        assert self.installer is not None
+        node, name = request.match_info["node"], request.match_info.get("name", "")
+        if not _UUID.fullmatch(node):
+            return _text(404, "not found\n")
+        try:
+            status, body = await self.installer.installer_config(node, name)
+        except Exception:  # a bug in the hooks: one 500, the server goes on
+            log.exception("installer file %s/%s for %s", node, name, request.remote)
+            return _text(500, "internal error\n")
+        return _text(status, body)
+
+    async def installer_done(self, request: web.Request) -> web.Response:
+        assert self.installer is not None
+        node, token = request.match_info["node"], request.query.get("token", "")
+        if not _UUID.fullmatch(node) or not token:
+            return _text(404, "not found\n")
+        try:
+            await request.read()  # the body (curl sends none, wget "done") is ignored
+        except ConnectionError:
+            return _text(400, "incomplete body\n")
+        try:
+            status, body = await self.installer.installer_done(node, token)
+        except Exception:
+            log.exception("installer callback for %s from %s", node, request.remote)
+            return _text(500, "internal error\n")
+        log.info("installer callback for %s from %s: %d", node, request.remote, status)
+        return _text(status, body)
+
 
 async def start_http(
     host: str,
@@ -300,16 +349,22 @@ async def start_http(
     booter: Booter,
     registry: ClientRegistry,
     http_base: str | None = None,
+    installer: InstallerHooks | None = None,
 ) -> HttpServer:
     """Bind and serve. ``http_base`` (the URL clients reach us at) defaults to the bound
-    ``http://host:port`` — what tests on port 0 want; ``pxeforge serve`` passes its own."""
+    ``http://host:port`` — what tests on port 0 want; ``pxeforge serve`` passes its own.
+    ``installer``: serve ``/ks/…`` through these hooks (see the module docstring)."""
     server = HttpServer(port=0, http_base=http_base or "")
-    handlers = _Handlers(files, booter, registry, server)
+    handlers = _Handlers(files, booter, registry, server, installer)
     app = web.Application(client_max_size=CALLBACK_MAX_BYTES)
     app.router.add_get("/boot.ipxe", handlers.boot_ipxe)
     app.router.add_get("/ipxe", handlers.ipxe)
     app.router.add_post("/_pxeforge/callback", handlers.callback)
     app.router.add_get("/_pxeforge/callbacks", handlers.callbacks)
+    if installer is not None:
+        app.router.add_get("/ks/{node}", handlers.installer_config)
+        app.router.add_get("/ks/{node}/{name}", handlers.installer_config)
+        app.router.add_post("/ks/{node}/done", handlers.installer_done)
     app.router.add_get(r"/{path:[\s\S]*}", handlers.file)
     runner = web.AppRunner(app, access_log=access_log, logger=_server_log)
     await runner.setup()

@@ -5,7 +5,12 @@ where to fetch them — then the inventory and its REST API); a failure to bind 
 `StartupError` that names the service, the port and the usual fix, and whatever had started is
 closed again.
 
-The inventory part (`_start_api`): open the database (``--db``, default SQLite in
+Without a booter (``pxeforge serve`` without ``--kernel``) the boot plane follows the
+inventory: the database and the conductor start *first* (`_open_inventory`), then the
+servers with an `InventoryBooter` and the installer hooks (`InstallerService`, ``/ks/…``),
+then the API. With a booter (``--kernel``: `StaticBooter`) the inventory starts last.
+
+The inventory part (`_open_inventory`, `_start_api`): open the database (``--db``, default SQLite in
 ``--data-dir``; migrations run), start the conductor (register, `recover_stuck`, periodic
 heartbeat and wait timeouts), create the ``http_basic`` credentials on first start (returned in
 `Services.new_credentials` for the caller to print once), and serve the API on ``--api-port``.
@@ -38,11 +43,13 @@ T = TypeVar("T")
 @dataclass
 class Services:
     registry: ClientRegistry
-    files: BootFiles
+    files: BootFiles | None = None  # set once the booter is known
     http: Any = None
     tftp: Any = None
     dhcp: Any = None
     api: Any = None  # pxeforge.api.app.ApiServer
+    booter: Any = None  # the Booter in use (an InventoryBooter without --kernel)
+    installer: Any = None  # pxeforge.deploy.installer.InstallerService (inventory booter only)
     conductor: Any = None  # pxeforge.conductor.Conductor
     store: Any = None  # pxeforge.inventory.store.Store
     new_credentials: Any = None  # pxeforge.api.auth.Credentials, first start only
@@ -80,17 +87,22 @@ async def _start(service: str, port: int, starter: Awaitable[T]) -> T:
         raise StartupError(f"{service}: cannot start on port {port}: {exc.strerror}") from None
 
 
-async def start_services(settings: Settings, booter: Booter) -> Services:
-    """Start HTTP, TFTP and (unless off) DHCP; on any failure stop what started and raise."""
+async def start_services(settings: Settings, booter: Booter | None = None) -> Services:
+    """Start HTTP, TFTP, (unless off) DHCP and the inventory with its API; on any failure stop
+    what started and raise. ``booter`` None: the `InventoryBooter` (see the docstring)."""
     from pxeforge.servers.dhcp import start_dhcp
     from pxeforge.servers.http import start_http
     from pxeforge.servers.tftp import start_tftp
 
     registry = ClientRegistry()
-    files = BootFiles(booter, settings.root, registry, http_base=settings.http_base)
-    services = Services(registry=registry, files=files)
+    services = Services(registry=registry)
     bind = str(settings.address) if settings.address is not None else "0.0.0.0"
     try:
+        if booter is None:
+            booter = await _open_inventory(settings, services)
+        services.booter = booter
+        files = BootFiles(booter, settings.root, registry, http_base=settings.http_base)
+        services.files = files
         services.http = await _start(
             "HTTP",
             settings.http_port,
@@ -101,6 +113,7 @@ async def start_services(settings: Settings, booter: Booter) -> Services:
                 booter=booter,
                 registry=registry,
                 http_base=settings.http_base,
+                installer=services.installer,
             ),
         )
         services._closers.append(_async(services.http.close))
@@ -147,14 +160,22 @@ def _redacted(url: str) -> str:
         return "(unparsable URL)"
 
 
-async def _start_api(settings: Settings, services: Services, bind: str) -> None:
-    """Database, conductor and REST API (see the module docstring)."""
+async def _open_inventory(settings: Settings, services: Services) -> Booter:
+    """Database and conductor, then the `InventoryBooter` and the installer hooks over them."""
+    from pxeforge.deploy.installer import InstallerService
+    from pxeforge.inventory.booter import InventoryBooter
+
+    await _open_store(settings, services)
+    booter = InventoryBooter(services.store, settings)
+    services.installer = InstallerService(services.store, settings, booter=booter)
+    await _start_conductor(settings, services)
+    services.installer.conductor = services.conductor
+    return booter
+
+
+async def _open_store(settings: Settings, services: Services) -> None:
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-    from pxeforge.api.app import ApiContext, start_api
-    from pxeforge.api.auth import HTPASSWD_FILE, Htpasswd, ensure_credentials
-    from pxeforge.conductor.manager import Conductor
-    from pxeforge.config import ApiAuth
     from pxeforge.inventory.db import default_url
     from pxeforge.inventory.store import Store
 
@@ -168,6 +189,16 @@ async def _start_api(settings: Settings, services: Services, bind: str) -> None:
         ) from None
     services.store = store
     services._closers.append(_async(store.close))
+
+
+async def _start_conductor(settings: Settings, services: Services) -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pxeforge.conductor.manager import Conductor
+    from pxeforge.inventory.db import default_url
+
+    url = settings.db_url or default_url(Path(settings.data_dir))
+    store = services.store
     holder = f"{socket.gethostname()}:{settings.api_port}"
     conductor = Conductor(store, holder=holder, settings=settings)
     try:
@@ -176,6 +207,19 @@ async def _start_api(settings: Settings, services: Services, bind: str) -> None:
         raise StartupError(f"database {_redacted(url)}: {str(exc).splitlines()[0]}") from None
     services.conductor = conductor
     services._closers.append(conductor.stop)
+
+
+async def _start_api(settings: Settings, services: Services, bind: str) -> None:
+    """Database and conductor (unless already open), then the REST API."""
+    from pxeforge.api.app import ApiContext, start_api
+    from pxeforge.api.auth import HTPASSWD_FILE, Htpasswd, ensure_credentials
+    from pxeforge.config import ApiAuth
+
+    if services.store is None:
+        await _open_store(settings, services)
+    if services.conductor is None:
+        await _start_conductor(settings, services)
+    store, conductor = services.store, services.conductor
     htpasswd = None
     if settings.api_auth is ApiAuth.HTTP_BASIC:
         data_dir = Path(settings.data_dir)
