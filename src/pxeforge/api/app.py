@@ -115,6 +115,7 @@ class ApiContext:
         )
     )
     public_paths: set[str] = field(default_factory=lambda: {"/", "/v1", "/v1/"})
+    public_prefixes: tuple[str, ...] = ()  # e.g. "/v1/heartbeat/" (the agent's, per node)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking call (store, bcrypt) on the API's thread pool."""
@@ -265,7 +266,8 @@ async def _negotiate(request: web.Request, handler: Handler) -> web.StreamRespon
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     ctx = _ctx(request)
-    if ctx.htpasswd is None or request.path in ctx.public_paths:
+    public = request.path in ctx.public_paths or request.path.startswith(ctx.public_prefixes)
+    if ctx.htpasswd is None or public:
         return await handler(request)
     creds = parse_basic(request.headers.get("Authorization"))
     if creds is None:
@@ -869,7 +871,9 @@ def create_app(
     """The API application; ``extra_routes`` (another issue's endpoints) come first."""
     app = web.Application(middlewares=[_errors, _negotiate, _auth], client_max_size=MAX_BODY)
     app[API_CONTEXT] = ctx
-    routes = [*extra_routes, *ROUTES]
+    from pxeforge.api import ramdisk  # the agent's endpoints (it imports this module)
+
+    routes = [*extra_routes, *ramdisk.install(ctx), *ROUTES]
     app.router.add_routes(routes)
     # clients may add a trailing slash (python-ironicclient lists "/v1/ports/?node=…")
     app.router.add_routes([_slashed(r) for r in routes if _slashable(r)])

@@ -174,6 +174,12 @@ def _node_value(node: NodeRecord | Mapping[str, Any], name: str, conductor: str 
         internal = get("driver_internal_info") or {}
         return internal.get("clean_step") or {}
     value = get(name)
+    if (
+        name == "driver_internal_info"
+        and isinstance(value, Mapping)
+        and value.get("agent_secret_token")
+    ):  # Ironic never shows the agent token (agent-token.rst)
+        value = {**value, "agent_secret_token": "******"}
     if name in _DICT_FIELDS and value is None:
         return {}
     if name == "conductor_group" and value is None:

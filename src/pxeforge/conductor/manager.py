@@ -744,6 +744,77 @@ class Conductor:
             lock_interval=_LOCK_INTERVAL,
         )
 
+    # ---- inspection (the agent's POST /v1/continue_inspection) ------------------------------
+
+    async def continue_inspection(
+        self, node: str, inventory: Mapping[str, Any], plugin_data: Mapping[str, Any]
+    ) -> NodeRecord:
+        """The agent's inventory: see `continue_inspection_sync`."""
+        return await self._call(self.continue_inspection_sync, node, inventory, plugin_data)
+
+    def continue_inspection_sync(
+        self, node: str, inventory: Mapping[str, Any], plugin_data: Mapping[str, Any]
+    ) -> NodeRecord:
+        """``inspect wait`` → ``manageable``: store the inventory, set ``properties`` (cpus,
+        memory_mb, local_gb, cpu_arch), add the boot NIC's port, power the machine off (Ironic's
+        ``[inspector]power_off``) and forget the agent's token. Still ``inspecting`` (the
+        conductor is booting it): `NodeLocked` (409, the agent retries); any other state:
+        `NodeNotFound` (404, as Ironic: the caller learns nothing)."""
+        from pxeforge.conductor import inspection
+        from pxeforge.inventory.errors import MACAlreadyExists, NodeNotFound
+        from pxeforge.inventory.states import INSPECTWAIT
+
+        record = self.store.get_node(node)
+        if record.provision_state == INSPECTING:
+            raise NodeLocked(record.uuid, record.reservation or self.holder)
+        if record.provision_state != INSPECTWAIT:
+            raise NodeNotFound(node)
+
+        def work(before: NodeRecord, _new: str) -> Outcome:
+            if before.provision_state != INSPECTWAIT:
+                raise InvalidState(f"Node {before.uuid} left inspect wait meanwhile")
+            self.store.save_inventory(
+                before.id, inventory, inspection.plugin_data(inventory, plugin_data)
+            )
+            notes = ["Inventory received from the agent"]
+            for mac in inspection.port_macs(inventory):
+                try:
+                    self.store.create_port(before.id, mac, pxe_enabled=True)
+                    notes.append(f"Port {mac} created from the inventory")
+                except MACAlreadyExists:
+                    pass  # already this node's port (or another node's: left alone)
+            props = dict(before.properties)
+            props.update(inspection.properties(inventory))
+            internal = {
+                k: v
+                for k, v in before.driver_internal_info.items()
+                if k not in ("agent_secret_token", "agent_url")
+            }
+            changes: dict[str, Any] = {"properties": props, "driver_internal_info": internal}
+            try:
+                driver = self._driver(before)
+                note = driver.set_power_state(before.driver_info, PowerState.POWER_OFF)
+                if note:
+                    notes.append(note)
+                changes["power_state"] = POWER_OFF
+            except DriverError as exc:
+                notes.append(f"Could not power the node off after inspection: {exc}")
+            for text in notes:
+                self.store.add_history(
+                    before.id, text, event_type=HistoryType.INTROSPECTION, conductor=self.holder
+                )
+            return Outcome(changes=changes)
+
+        return process_event(
+            self.store,
+            record.uuid,
+            Event.DONE,
+            holder=self.holder,
+            driver_work=work,
+            lock_attempts=_LOCK_ATTEMPTS,
+            lock_interval=_LOCK_INTERVAL,
+        )
+
     # ---- power, boot device, validation ------------------------------------------------------
 
     async def set_power_state(
