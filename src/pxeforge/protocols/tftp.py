@@ -581,6 +581,10 @@ class ReadTransfer:
         self._high = 0  # highest block ever sent
         self._window_end = min(1 + neg.windowsize, self._last + 1)
         self._lockstep = neg.windowsize == 1
+        # the lock-step shortcut (`lock_step_ack`): the ACK it takes (-1: none) and the last
+        # block it may send (full, already read ahead); set by `datagrams_to_send`
+        self._fast_ack = -1
+        self._fast_limit = 0
         # pacing: _burst blocks back to back, then the next burst `pace` later; a loss halves
         # _burst and caps _ceiling below the size that lost
         self._burst = neg.windowsize
@@ -644,6 +648,7 @@ class ReadTransfer:
         if datagram is not None:
             self._outbox.append(datagram)
             return
+        self._fast_ack = -1
         state = self._state
         if state is not _State.DATA:
             if state is _State.OACK and block == 0:  # RFC 2347: ACK 0 accepts the OACK
@@ -684,33 +689,33 @@ class ReadTransfer:
 
     def lock_step_ack(self, block: int, now: float) -> bytes | None:
         """The lock-step shortcut of `receive_ack`, for servers: when ``block`` acknowledges
-        the one block in flight, nothing went wrong so far (no retransmission pending, nothing
-        queued) and the next block is a full one already read ahead, move on and return that
-        block's DATA for the caller to send. Nothing else is queued then, the transfer is not
-        done and its timer only moved later. Otherwise change nothing and return None: the
-        caller goes on with `receive_ack`. Same state as the general path (tests compare both).
-        """
-        if self._lockstep and self._pace_at is None and not self._retries and not self._outbox:
-            high = self._high
-            if block == high & 0xFFFF and high >= self._base and self._state is _State.DATA:
-                blksize = self.blksize
-                rel = high * blksize - self._cache_at  # where block high + 1 starts
-                cache = self._cache
-                if rel >= 0 and rel + blksize <= len(cache) and high + 1 < self._last:
-                    high += 1
-                    self._base = self._high = high
-                    self._next = self._window_end = high + 1
-                    self._deadline = now + self._timeout
-                    stats = self.stats
-                    stats.blocks += 1
-                    stats.bytes_sent += blksize
-                    return _pack_header(3, high & 0xFFFF) + cache[rel : rel + blksize]
-        return None
+        the one block in flight, all was well when `datagrams_to_send` last ran (which arms
+        the shortcut: no loss, no retransmission pending) and the next block is a full one
+        already read ahead, move on and return that block's DATA for the caller to send.
+        Nothing else is queued then, the transfer is not done and its timer only moved later.
+        Otherwise change nothing and return None: the caller goes on with `receive_ack`. The
+        state is the same as after the general path (tests compare both)."""
+        if block != self._fast_ack:
+            return None
+        high = self._high + 1
+        if high > self._fast_limit:
+            return None
+        blksize = self.blksize
+        rel = (high - 1) * blksize - self._cache_at
+        self._base = self._high = high
+        self._next = self._window_end = high + 1
+        self._deadline = now + self._timeout
+        self._fast_ack = high & 0xFFFF
+        stats = self.stats
+        stats.blocks += 1
+        stats.bytes_sent += blksize
+        return _pack_header(3, high & 0xFFFF) + self._cache[rel : rel + blksize]
 
     def handle_timer(self, now: float) -> None:
         """Probe or retransmit if their time has come; an early call does nothing."""
         if self._state is _State.DONE:
             return
+        self._fast_ack = -1
         if self._deadline is None or now < self._deadline:
             if self._probe_at is not None and now >= self._probe_at:
                 self._probe_at = None
@@ -759,6 +764,20 @@ class ReadTransfer:
             if self._outbox:  # the read failed: the ERROR goes out now
                 out.extend(self._outbox)
                 self._outbox = []
+        # Arm the lock-step shortcut when one block is in flight and all is well
+        if (
+            self._lockstep
+            and self._state is _State.DATA
+            and self._pace_at is None
+            and not self._retries
+            and self._high >= self._base
+        ):
+            self._fast_ack = self._high & 0xFFFF
+            self._fast_limit = min(
+                self._last - 1, (self._cache_at + len(self._cache)) // self.blksize
+            )
+        else:
+            self._fast_ack = -1
         return out
 
     # -- internals ------------------------------------------------------------------------
@@ -874,6 +893,7 @@ class ReadTransfer:
 
     def _finish(self, now: float, outcome: Outcome) -> None:
         self._state = _State.DONE
+        self._fast_ack = -1
         self.done = True
         self.outcome = outcome
         self.stats.finished = now

@@ -95,9 +95,7 @@ _NO_GSO_ERRORS = frozenset(
 )
 _u16 = struct.Struct("=H").pack
 _SOLO_WAIT = 0.005  # seconds: longest blocking wait of a lone transfer (see `_solo`)
-_CLOSED = -2  # Session.armed_seq of a closed session; also what `_received` says then
-_ONWARD = 0  # `_received`: a lock-step block went out, the timer only moved later
-_REARM = 1  # `_received`: the transfer goes on, its timer may have moved earlier
+_CLOSED = -2  # Session.armed_seq of a closed session
 _PAUSE = 0.05  # seconds the thread rests after an unexpected error (no hot error loop)
 _ACK = Opcode.ACK.value
 
@@ -394,7 +392,7 @@ class TransferEngine:
                             except OSError as exc:  # EAGAIN or ICMP: the timer recovers
                                 log.debug("TFTP %s:%d: send failed: %s", *session.addr, exc)
                             continue
-                if self._received(session, n, now) == _REARM:
+                if self._received(session, n, now):
                     self._rearm(session)
             while heap and heap[0][0] <= now:
                 _, seq, session = heappop(heap)
@@ -418,24 +416,16 @@ class TransferEngine:
             self._epoll.register(session.stray_fd, select.EPOLLIN)
             self._rearm(session)
 
-    def _received(self, session: Session, n: int, now: float) -> int:
+    def _received(self, session: Session, n: int, now: float) -> bool:
         """``n`` bytes from the client are in the buffer: feed them to the transfer and send
-        what it answers (the epoll loop inlines the lock-step shortcut before calling this).
-        Returns `_ONWARD` (a lock-step block went out: the timer only moved later), `_REARM`
-        (check the timer) or `_CLOSED` (it ended)."""
+        what it answers (the callers try the lock-step shortcut first). False when the
+        transfer ended (the session is closed); else its timer may have moved earlier."""
         transfer = session.transfer
         buffer = self._buffer
         try:
             if n >= 4:
                 opcode, block = _unpack_header(buffer)
                 if opcode == _ACK:
-                    datagram = session.lock_step(block, now)
-                    if datagram is not None:  # the next block: nothing else to do
-                        try:
-                            session.send_datagram(datagram)
-                        except OSError as exc:  # EAGAIN or ICMP: the timer recovers
-                            log.debug("TFTP %s:%d: send failed: %s", *session.addr, exc)
-                        return _ONWARD
                     transfer.receive_ack(block, now)
                 else:
                     self._other(session, bytes(buffer[:n]), now)
@@ -451,11 +441,11 @@ class TransferEngine:
                 session.send(datagrams)
             if transfer.done:
                 self._close(session)
-                return _CLOSED
+                return False
         except Exception:
             self._crash(session, now)
-            return _CLOSED
-        return _REARM
+            return False
+        return True
 
     def _solo(self, session: Session, now: float) -> float:
         """While one transfer is all there is, wait for its datagrams in a blocking ``recv``
@@ -469,22 +459,24 @@ class TransferEngine:
         clock = time.monotonic
         recv_into = session.receive_into
         waiting = -1.0  # the SO_RCVTIMEO in force
+        check = True  # ask the transfer for its timer before waiting again
         check_at = now + _SOLO_WAIT
         sock.setblocking(True)
         try:
             while not (self._stopping or self._incoming):
-                when = transfer.get_timer()
-                wait = _SOLO_WAIT if when is None else when - now
-                if wait <= 0.0:
-                    self._timer(session, now)
-                    if session.armed_seq == _CLOSED:
-                        return now
-                    continue
-                if wait > _SOLO_WAIT:
-                    wait = _SOLO_WAIT
-                if wait != waiting:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(wait))
-                    waiting = wait
+                if check:
+                    when = transfer.get_timer()
+                    wait = _SOLO_WAIT if when is None else when - now
+                    if wait <= 0.0:
+                        self._timer(session, now)
+                        if session.armed_seq == _CLOSED:
+                            return now
+                        continue
+                    if wait > _SOLO_WAIT:
+                        wait = _SOLO_WAIT
+                    if wait != waiting:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(wait))
+                        waiting = wait
                 try:
                     n = recv_into(buffer)
                 except (BlockingIOError, InterruptedError):  # SO_RCVTIMEO expired
@@ -493,7 +485,25 @@ class TransferEngine:
                     log.debug("TFTP %s:%d: receive error: %s", *session.addr, exc)
                     n = -1
                 now = clock()
-                if n >= 0 and self._received(session, n, now) == _CLOSED:
+                check = True
+                if n >= 4:
+                    opcode, block = _unpack_header(buffer)
+                    if opcode == _ACK:  # the lock-step shortcut, as in `_serve`
+                        try:
+                            datagram = session.lock_step(block, now)
+                        except Exception:
+                            self._crash(session, now)
+                            return now
+                        if datagram is not None:
+                            try:
+                                session.send_datagram(datagram)
+                            except OSError as exc:  # EAGAIN or ICMP: the timer recovers
+                                log.debug("TFTP %s:%d: send failed: %s", *session.addr, exc)
+                            check = False  # the timer only moved later: the same wait does
+                            if now >= check_at:
+                                return now
+                            continue
+                if n >= 0 and not self._received(session, n, now):
                     return now
                 if now >= check_at:
                     return now  # one epoll round: strays, timers, the eventfd
