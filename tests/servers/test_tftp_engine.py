@@ -116,7 +116,7 @@ def test_engine_stop_cancels_and_hands_back() -> None:
                 file,
             )
             session.send_pending(time.monotonic())
-            engine.add(session)
+            engine.add([session])
             assert len(client.recv(1000)) == 516  # DATA 1
             await asyncio.sleep(0.02)
             await engine.stop()

@@ -166,6 +166,7 @@ class TftpServer:
         self._config = config
         self._on_event = on_event
         self._sessions: dict[Address, Session] = {}
+        self._starting: list[Session] = []  # started in this burst, handed over after it
         self.stats = TftpStats()
         self._closed = False
         self._engine = TransferEngine(self._loop, self._finished)
@@ -189,18 +190,23 @@ class TftpServer:
     # -- the listener ---------------------------------------------------------------------
 
     def _on_readable(self) -> None:
-        for _ in range(_BURST):
-            try:
-                data, addr = self._sock.recvfrom(_MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.debug("TFTP listener: receive error: %s", exc)
-                return
-            try:
-                self._on_request(data, addr)
-            except Exception:  # a bug must not stop the listener
-                log.exception("TFTP %s:%d: request failed", *addr[:2])
+        try:
+            for _ in range(_BURST):
+                try:
+                    data, addr = self._sock.recvfrom(_MAX_DATAGRAM)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    log.debug("TFTP listener: receive error: %s", exc)
+                    return
+                try:
+                    self._on_request(data, addr)
+                except Exception:  # a bug must not stop the listener
+                    log.exception("TFTP %s:%d: request failed", *addr[:2])
+        finally:
+            if self._starting:  # one hand-over (one wake-up of the thread) per burst
+                self._engine.add(self._starting)
+                self._starting = []
 
     def _on_request(self, data: bytes, addr: Address) -> None:
         try:
@@ -248,7 +254,9 @@ class TftpServer:
         now = time.monotonic()  # the engine's clock
         try:
             transfer = ReadTransfer(request, file, now=now, config=self._config)
-            sockets = transfer_sockets(self._family, self._host, addr, _BUFFER)
+            # lock-step needs no big buffers: two fewer system calls per transfer
+            buffers = _BUFFER if transfer.windowsize > 1 else 0
+            sockets = transfer_sockets(self._family, self._host, addr, buffers)
         except OSError as exc:
             file.close()
             log.error("TFTP %s:%d: cannot start %r: %s", addr[0], addr[1], name, exc)
@@ -284,7 +292,7 @@ class TftpServer:
             log.exception("TFTP %s:%d: starting %r failed", addr[0], addr[1], name)
             transfer.cancel(now, "Internal error")
             session.send_pending(now)
-        self._engine.add(session)
+        self._starting.append(session)
 
     def _refuse(self, addr: Address, name: str, code: ErrorCode, message: str) -> None:
         self.stats.refused += 1

@@ -214,7 +214,8 @@ def transfer_sockets(
     family: int, host: str, client: Address, buffers: int
 ) -> tuple[socket.socket, socket.socket]:
     """A new transfer ID (RFC 1350 §4): a socket on a fresh port of ``host`` connected to
-    ``client``, and an unconnected twin bound to the same port.
+    ``client`` (with ``buffers`` bytes of SO_SNDBUF and SO_RCVBUF; 0: the defaults), and an
+    unconnected twin bound to the same port.
 
     The kernel delivers the client's datagrams to the connected socket (an exact 4-tuple
     match wins) and everything else to the twin, which answers ERROR 5. A connected socket
@@ -226,7 +227,7 @@ def transfer_sockets(
     stray: socket.socket | None = None
     try:
         sock.setblocking(False)
-        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF) if buffers else ():
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, option, buffers)
         sock.bind((host, 0))  # without SO_REUSEADDR: the kernel picks a port nobody holds
@@ -285,9 +286,9 @@ class TransferEngine:
             self._close_fds()
             raise
 
-    def add(self, session: Session) -> None:
-        """Hand a started session to the thread (called on the loop)."""
-        self._incoming.append(session)
+    def add(self, sessions: list[Session]) -> None:
+        """Hand started sessions to the thread (called on the loop)."""
+        self._incoming.extend(sessions)
         os.eventfd_write(self._wake, 1)
 
     async def stop(self) -> None:
