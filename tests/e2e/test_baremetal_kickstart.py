@@ -212,6 +212,11 @@ def test_kickstart_deploy_with_baremetal(served: Serve, ipmi_sim: Any) -> None:
     assert "s3cret" not in kickstart  # driver_info never reaches a template
     post = kickstart.split("%post --nochroot\n", 1)[1].split("\n%end", 1)[0]
     assert post.startswith(f"curl -fsS -X POST '{ks_url}/done?token=")
+    token = post.split("token=", 1)[1].split("'", 1)[0]
+    assert len(token) >= 32
+    # the API never shows it (it would let anyone finish the deploy)
+    shown = bm("node", "show", "ks1", "-f", "json")
+    assert token not in shown and '"kickstart_token": "******"' in shown
     # a guessed token is refused and changes nothing
     status, _ = served.http(f"/ks/{uuid}/user-data")
     assert status == 404

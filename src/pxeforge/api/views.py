@@ -174,17 +174,20 @@ def _node_value(node: NodeRecord | Mapping[str, Any], name: str, conductor: str 
         internal = get("driver_internal_info") or {}
         return internal.get("clean_step") or {}
     value = get(name)
-    if (
-        name == "driver_internal_info"
-        and isinstance(value, Mapping)
-        and value.get("agent_secret_token")
-    ):  # Ironic never shows the agent token (agent-token.rst)
-        value = {**value, "agent_secret_token": "******"}
+    if name == "driver_internal_info" and isinstance(value, Mapping):
+        # Ironic never shows the agent token (agent-token.rst); the same goes for the per-deploy
+        # installer callback token, which would let anyone finish the deploy.
+        secrets = {k: "******" for k in _SECRET_INTERNAL_KEYS if value.get(k)}
+        if secrets:
+            value = {**value, **secrets}
     if name in _DICT_FIELDS and value is None:
         return {}
     if name == "conductor_group" and value is None:
         return ""
     return _json(value)
+
+
+_SECRET_INTERNAL_KEYS = ("agent_secret_token", "kickstart_token")
 
 
 def _provision_state(state: Any, version: Version) -> Any:
