@@ -88,6 +88,8 @@ class VmSpec:
     uuid: str = ""  # default: vm_uuid(mac)
     memory_mb: int = 512
     accel: str = "tcg"  # "tcg" or "kvm"
+    cpus: int = 1
+    disk: Path | None = None  # a raw image attached as a virtio-blk disk (vda)
 
     @property
     def smbios_uuid(self) -> str:
@@ -122,7 +124,7 @@ def qemu_argv(spec: VmSpec, files: VmFiles, *, qemu: str = QEMU) -> list[str]:
         qemu,
         "-name", spec.name,
         "-m", str(spec.memory_mb),
-        "-smp", "1",
+        "-smp", str(spec.cpus),
         "-nodefaults",
         "-display", "none",
         "-no-reboot",
@@ -131,6 +133,8 @@ def qemu_argv(spec: VmSpec, files: VmFiles, *, qemu: str = QEMU) -> list[str]:
         "-qmp", f"unix:{files.qmp_socket},server=on,wait=off",
         "-netdev", f"tap,id=net0,ifname={spec.tap},script=no,downscript=no",
     ]  # fmt: skip
+    if spec.disk is not None:
+        argv += ["-drive", f"file={spec.disk},format=raw,if=virtio,cache=unsafe"]
     nic = f"virtio-net-pci,netdev=net0,mac={spec.mac}"
     if spec.firmware is VmFirmware.BIOS:
         argv += [

@@ -115,10 +115,21 @@ class LabConfig:
     # neither. The image must POST to pxelab.callback= like the guest does.
     kernel: Path | None = None
     initrd: Path | None = None
+    # inventory boot: serve without --kernel; kernel/initrd become --deploy-kernel/
+    # --deploy-ramdisk, the boot plane follows the nodes of the REST API (noauth, api_port),
+    # and kernel_cmdline() goes to --agent-cmdline
+    inventory: bool = False
+    api_port: int = 6385
+    cpus: int = 1
+    disk_mb: int = 0  # > 0: each VM gets a sparse raw disk of this size (virtio-blk, vda)
 
     def __post_init__(self) -> None:
         if (self.kernel is None) != (self.initrd is None):
             raise ValueError("give both kernel and initrd, or neither")
+        if self.inventory and self.kernel is None:
+            raise ValueError("inventory boot needs kernel and initrd (the agent ramdisk)")
+        if not 1 <= self.cpus <= 8 or self.disk_mb < 0:
+            raise ValueError(f"cpus must be 1-8 and disk_mb >= 0, not {self.cpus}/{self.disk_mb}")
         if not 1 <= self.vms <= 32:
             raise ValueError(f"--vms must be 1-32, not {self.vms}")
         if self.timeout <= 0:
@@ -314,10 +325,43 @@ class Lab:
             + ["--dhcp", "full", "--pool", f"{first}-{last}", "--all-clients"]
             + ["--http-port", str(self.config.http_port)]
             + ["--root", str(self.root), "--data-dir", str(self.workdir / "data")]
-            + ["--kernel", str(self.guest.kernel), "--initrd", str(self.guest.initrd)]
-            + ["--cmdline", self.kernel_cmdline()]
+            + self._boot_args()
             + ["--boot-method", self.config.boot_method.value],
         )
+
+    def _boot_args(self) -> list[str]:
+        assert self.guest is not None
+        kernel, initrd = str(self.guest.kernel), str(self.guest.initrd)
+        if not self.config.inventory:
+            return ["--kernel", kernel, "--initrd", initrd, "--cmdline", self.kernel_cmdline()]
+        return (
+            ["--deploy-kernel", kernel, "--deploy-ramdisk", initrd]
+            + ["--agent-cmdline", self.kernel_cmdline()]
+            + ["--api-port", str(self.config.api_port), "--api-auth", "noauth"]
+        )
+
+    def api(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
+        """One REST API call to the server inside the namespace (inventory boot, noauth):
+        the decoded JSON answer (None when empty); HTTP errors raise `StartupError`."""
+
+        def call() -> tuple[int, bytes]:
+            conn = http.client.HTTPConnection(self.server_ip, self.config.api_port, timeout=timeout)
+            headers = {"X-OpenStack-Ironic-API-Version": "latest"}
+            data = None
+            if body is not None:
+                data = json.dumps(body).encode()
+                headers["Content-Type"] = "application/json"
+            try:
+                conn.request(method, path, body=data, headers=headers)
+                resp = conn.getresponse()
+                return resp.status, resp.read()
+            finally:
+                conn.close()
+
+        status, raw = netns.netns_call(self.name, call)
+        if status >= 400:
+            raise StartupError(f"{method} {path} answered HTTP {status}: {raw[:500]!r}")
+        return json.loads(raw) if raw.strip() else None
 
     def _say(self, source: str, text: str, t: float | None = None, who: str = "lab") -> None:
         stamp = f"{t:6.1f}s" if t is not None else " " * 7
@@ -353,7 +397,10 @@ class Lab:
                     + procs.tail(self.server_log, 15)
                 )
             tcp, udp = _listening_ports(self.server.pid)
-            if self.config.http_port in tcp and want_udp <= udp:
+            want_tcp = {self.config.http_port}
+            if self.config.inventory:
+                want_tcp.add(self.config.api_port)
+            if want_tcp <= tcp and want_udp <= udp:
                 self._say("setup", f"pxeforge serve (pid {self.server.pid}) ready")
                 return
             time.sleep(0.1)
@@ -375,8 +422,28 @@ class Lab:
                 firmware=fw,
                 memory_mb=self.config.memory_mb,
                 accel=self.accel,
+                cpus=self.config.cpus,
+                disk=self._make_disk(name),
             )
             self.vms.append(Vm(spec, VmFiles.in_dir(self.workdir, name), self.name))
+
+    def _make_disk(self, name: str) -> Path | None:
+        if not self.config.disk_mb:
+            return None
+        disk = self.workdir / f"{name}.disk.raw"
+        with open(disk, "wb") as f:  # sparse: costs no space
+            f.truncate(self.config.disk_mb * 1024 * 1024)
+        return disk
+
+    def start_vms(self) -> list[Vm]:
+        """Start the VMs and return them, without watching (the caller judges the run)."""
+        if self.server is None:
+            raise StartupError("lab: start() first")
+        self._make_vms()
+        for vm in self.vms:
+            vm.start()
+            self._say("qemu", f"started (pid {vm.pid}, mac {vm.spec.mac})", 0.0, vm.spec.name)
+        return list(self.vms)
 
     def boot(self) -> LabResult:
         """Start the VMs and watch them until each has a verdict (or the timeout)."""
