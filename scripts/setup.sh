@@ -37,5 +37,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 extras=""
 [ $want_test = 1 ] && extras="[test]"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
+pins=(-c constraints.txt)
+[ -n "${PXEFORGE_UNPINNED:-}" ] && pins=()
+.venv/bin/python -m pip install -q --disable-pip-version-check "${pins[@]}" -e ".${extras}"
 echo "setup: ready (.venv/bin/pxeforge)"
