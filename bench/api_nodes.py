@@ -412,8 +412,14 @@ def main() -> None:
     section = report(results, load)
     print(section)
     if args.append is not None:
-        with args.append.open("a") as f:
-            f.write("\n" + section)
+        # our own section, between markers that bench/run_all.py keeps across its reruns;
+        # a rerun of this script replaces it instead of appending a second copy
+        begin, end = "<!-- section:api_nodes:begin -->", "<!-- section:api_nodes:end -->"
+        text = args.append.read_text() if args.append.exists() else ""
+        a, b = text.find(begin), text.find(end)
+        if a >= 0 and b > a:
+            text = text[:a].rstrip() + "\n" + text[b + len(end) :].lstrip("\n")
+        args.append.write_text(f"{text.rstrip()}\n\n{begin}\n{section.strip()}\n{end}\n")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 import traceback
@@ -52,6 +53,16 @@ def old_notes(path: Path) -> str:
     if a < 0 or b < a:
         return NO_NOTES
     return text[a + len(NOTES_BEGIN) : b].strip() or NO_NOTES
+
+
+SECTION = re.compile(r"<!-- section:(\w+):begin -->.*?<!-- section:\1:end -->", re.S)
+
+
+def other_sections(path: Path) -> list[str]:
+    """Sections other benchmark scripts keep in RESULTS.md (e.g. bench/api_nodes.py)."""
+    if not path.exists():
+        return []
+    return [m.group(0) for m in SECTION.finditer(path.read_text())]
 
 
 def render(facts: dict[str, str], results: list[BenchResult], failures: list[str], notes: str,
@@ -152,6 +163,9 @@ def main() -> None:
     command = f"python bench/run_all.py --ref {a.ref} --runs {opts.runs}"
     command += " --profile" if a.profile else (" --no-profile" if a.no_profile else "")
     text = render(facts, results, failures, old_notes(a.output), time.monotonic() - t0, command)
+    kept = other_sections(a.output)
+    if kept:
+        text = text.rstrip() + "\n\n" + "\n\n".join(kept) + "\n"
     a.output.write_text(text)
     dump_json(
         a.output.with_name("results.json"),
