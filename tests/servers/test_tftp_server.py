@@ -609,3 +609,46 @@ def test_two_hundred_concurrent_transfers(root: Path) -> None:
 
     server = serve(root, scenario)
     assert server.stats.completed == 200 and server.stats.failed == 0
+
+
+def test_ipv6(root: Path) -> None:
+    try:
+        probe = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+
+    async def main() -> TftpServer:
+        loop = asyncio.get_running_loop()
+        server = await start_tftp("::1", 0, RootFiles(root))
+        try:
+            with (
+                socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock,
+                socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as stray,
+            ):
+                sock.bind(("::1", 0))
+                stray.bind(("::1", 0))
+                sock.setblocking(False)
+                stray.setblocking(False)
+                await loop.sock_sendto(
+                    sock, encode_request(Opcode.RRQ, "f513"), ("::1", server.port)
+                )
+                got = b""
+                for block in (1, 2):
+                    data, tid = await recv(sock)
+                    got += parse_packet(data).payload  # type: ignore[union-attr]
+                    if block == 1:  # a stranger first: ERROR 5 from the transfer's port
+                        await loop.sock_sendto(stray, encode_ack(1), tid)
+                        error, source = await recv(stray)
+                        assert parse_packet(error) == ErrorPacket(5, "Unknown transfer ID")
+                        assert source[:2] == tid[:2]
+                    await loop.sock_sendto(sock, encode_ack(block), tid)
+                assert got == (root / "f513").read_bytes()
+                await settle(server)
+        finally:
+            await server.close()
+        return server
+
+    server = asyncio.run(main())
+    assert server.stats.completed == 1 and server.stats.wrong_tid == 1

@@ -314,7 +314,7 @@ class TftpServer:
             try:
                 session.file.close()
             except Exception:
-                log.exception("TFTP %s:%d: closing the file failed", *session.addr)
+                log.exception("TFTP %s:%d: closing the file failed", *session.addr[:2])
             if self._sessions.get(session.addr) is session:
                 del self._sessions[session.addr]
             self.stats.dropped += session.dropped

@@ -377,7 +377,7 @@ class TransferEngine:
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError as exc:  # an ICMP error (the client is gone?): the timer goes on
-                    log.debug("TFTP %s:%d: receive error: %s", *session.addr, exc)
+                    log.debug("TFTP %s:%d: receive error: %s", *session.addr[:2], exc)
                     continue
                 if n >= 4:
                     opcode, block = unpack(buffer)
@@ -391,7 +391,7 @@ class TransferEngine:
                             try:
                                 session.send_datagram(datagram)
                             except OSError as exc:  # EAGAIN or ICMP: the timer recovers
-                                log.debug("TFTP %s:%d: send failed: %s", *session.addr, exc)
+                                log.debug("TFTP %s:%d: send failed: %s", *session.addr[:2], exc)
                             continue
                 if self._received(session, n, now):
                     self._rearm(session)
@@ -437,7 +437,7 @@ class TransferEngine:
                 try:
                     session.sock.send(datagrams[0])
                 except OSError as exc:  # EAGAIN or ICMP: the retransmit timer recovers
-                    log.debug("TFTP %s:%d: send failed: %s", *session.addr, exc)
+                    log.debug("TFTP %s:%d: send failed: %s", *session.addr[:2], exc)
             elif datagrams:
                 session.send(datagrams)
             if transfer.done:
@@ -483,7 +483,7 @@ class TransferEngine:
                 except (BlockingIOError, InterruptedError):  # SO_RCVTIMEO expired
                     n = -1
                 except OSError as exc:  # an ICMP error (the client is gone?)
-                    log.debug("TFTP %s:%d: receive error: %s", *session.addr, exc)
+                    log.debug("TFTP %s:%d: receive error: %s", *session.addr[:2], exc)
                     n = -1
                 now = clock()
                 check = True
@@ -499,7 +499,7 @@ class TransferEngine:
                             try:
                                 session.send_datagram(datagram)
                             except OSError as exc:  # EAGAIN or ICMP: the timer recovers
-                                log.debug("TFTP %s:%d: send failed: %s", *session.addr, exc)
+                                log.debug("TFTP %s:%d: send failed: %s", *session.addr[:2], exc)
                             check = False  # the timer only moved later: the same wait does
                             if now >= check_at:
                                 return now
@@ -520,7 +520,7 @@ class TransferEngine:
             session.transfer.receive_datagram(data, now)
         except TftpError as exc:
             session.dropped += 1
-            log.warning("TFTP %s:%d: malformed datagram dropped: %s", *session.addr, exc)
+            log.warning("TFTP %s:%d: malformed datagram dropped: %s", *session.addr[:2], exc)
 
     def _stray(self, session: Session) -> None:
         """A datagram to the transfer's port from another address: ERROR 5 (RFC 1350 §4)."""
@@ -566,7 +566,7 @@ class TransferEngine:
         heapq.heappush(self._heap, (when, self._seq, session))
 
     def _crash(self, session: Session, now: float) -> None:
-        log.exception("TFTP %s:%d: transfer failed", *session.addr)
+        log.exception("TFTP %s:%d: transfer failed", *session.addr[:2])
         with contextlib.suppress(Exception):
             session.transfer.cancel(now, "Internal error")
             session.send_pending(now)
@@ -579,9 +579,9 @@ class TransferEngine:
         session.armed = None
         if self._sessions.pop(session.fd, None) is not None and self._epoll is not None:
             del self._strays[session.stray_fd]
-            with contextlib.suppress(OSError, ValueError):
-                self._epoll.unregister(session.fd)
-                self._epoll.unregister(session.stray_fd)
+            for fd in (session.fd, session.stray_fd):
+                with contextlib.suppress(OSError, ValueError):
+                    self._epoll.unregister(fd)
         session.close()
         self._done.append(session)
 
