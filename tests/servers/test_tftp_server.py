@@ -652,3 +652,25 @@ def test_ipv6(root: Path) -> None:
 
     server = asyncio.run(main())
     assert server.stats.completed == 1 and server.stats.wrong_tid == 1
+
+
+def test_two_requests_from_one_client_port_run_side_by_side(root: Path) -> None:
+    async def scenario(server: TftpServer) -> None:
+        loop = asyncio.get_running_loop()
+        with client_socket() as sock:
+            tids = {}
+            for name in ("f100000", "f513"):
+                await loop.sock_sendto(sock, encode_request(Opcode.RRQ, name), (HOST, server.port))
+                data, tid = await recv(sock)
+                assert parse_packet(data) == DataPacket(1, (root / name).read_bytes()[:512])
+                tids[name] = tid
+            assert server.active == 2 and tids["f100000"] != tids["f513"]
+            await loop.sock_sendto(sock, encode_error(0, "enough"), tids["f100000"])
+            await loop.sock_sendto(sock, encode_ack(1), tids["f513"])
+            data, _ = await recv(sock)
+            assert parse_packet(data) == DataPacket(2, (root / "f513").read_bytes()[512:])
+            await loop.sock_sendto(sock, encode_ack(2), tids["f513"])
+
+    server = serve(root, scenario)
+    assert server.stats.started == 2 and server.stats.aborted == 1
+    assert server.stats.completed == 1 and server.active == 0

@@ -9,8 +9,9 @@ Theory of operation
   inline: it is fast). `FileNotFound` is answered at once with ERROR 1 "File not found" (the
   pxelinux config search depends on fast misses), `AccessViolation` with ERROR 2. Messages are
   fixed strings: a server path never reaches the wire (dnsmasq and fbtftp leak theirs).
-  A retransmitted RRQ from a client whose transfer is already running is ignored: that
-  transfer's own timer answers it.
+  A retransmitted RRQ (the same request from the same address) while its transfer runs is
+  ignored: that transfer's own timer answers it. A different request from the same address
+  starts a second transfer, with its own TID.
 * a WRQ gets ERROR 2 (this server is read-only); a malformed request gets ERROR with the code
   the parser chose; anything else is dropped. Every malformed datagram is counted in
   ``stats.dropped`` and logged with the client address; the listener keeps serving.
@@ -165,7 +166,9 @@ class TftpServer:
         self._files = files
         self._config = config
         self._on_event = on_event
-        self._sessions: dict[Address, Session] = {}
+        # running transfers by client address and request: one client port may run several
+        # (each has its own TID), and a retransmitted RRQ finds its transfer here
+        self._sessions: dict[tuple[Address, ReadRequest], Session] = {}
         self._starting: list[Session] = []  # started in this burst, handed over after it
         self.stats = TftpStats()
         self._closed = False
@@ -224,8 +227,7 @@ class TftpServer:
             self.stats.dropped += 1
             log.info("TFTP %s:%d: %s on the request port dropped", *addr[:2], type(packet).__name__)
             return
-        running = self._sessions.get(addr)
-        if running is not None and running.transfer.request == packet:
+        if (addr, packet) in self._sessions:
             self.stats.duplicate_requests += 1
             return
         if len(self._sessions) >= self._config.max_transfers:
@@ -263,7 +265,7 @@ class TftpServer:
             self._refuse(addr, name, ErrorCode.NOT_DEFINED, "Server error")
             return
         session = Session(sockets, addr, transfer, file)
-        self._sessions[addr] = session
+        self._sessions[addr, request] = session
         self.stats.started += 1
         stats = transfer.stats
         log.debug(
@@ -315,8 +317,9 @@ class TftpServer:
                 session.file.close()
             except Exception:
                 log.exception("TFTP %s:%d: closing the file failed", *session.addr[:2])
-            if self._sessions.get(session.addr) is session:
-                del self._sessions[session.addr]
+            key = (session.addr, session.transfer.request)
+            if self._sessions.get(key) is session:
+                del self._sessions[key]
             self.stats.dropped += session.dropped
             self.stats.wrong_tid += session.wrong_tid
             self._report(session)
