@@ -6,19 +6,11 @@ import asyncio
 import socket
 from pathlib import Path
 
-import pytest
-
 from pxeforge.boot.files import RootFiles
 from pxeforge.protocols.tftp import Opcode, encode_error, encode_request
 from pxeforge.servers.tftp import start_tftp
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src/pxeforge/servers/tftp.py TftpServer._start: `self._sessions[addr] = session` "
-    "replaces a running transfer of the same client address, which runs on uncounted (and, "
-    "at HEAD, is not cancelled by close())",
-)
 def test_two_transfers_from_one_client_port_are_both_counted(tmp_path: Path) -> None:
     # A client may start a second transfer from the same port before the first one ended
     # (the fuzzer's socket does): each gets its own TID (RFC 1350 §4) and both run.
