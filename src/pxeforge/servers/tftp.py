@@ -35,13 +35,14 @@ socket is bound to the listener's address; with a wildcard listener the kernel p
 reply's source address by route. Refusals (ERROR 0, 1, 2, 4) are sent from the listener's
 port, which clients accept as the server's TID (curl, tftp-hpa, atftp, iPXE, EDK2).
 
-Performance on the project's 2-vCPU VM (same-run medians of 5–7, bench/tftp_single.py and
-bench/tftp_storm.py; 32 MiB, client and server pinned to one vCPU): lock-step at blksize 1468
-is 0.8–0.9x tftpd-hpa with 4.8 s of server CPU per GiB (dnsmasq 4.2; the asyncio version was
-9.6 s and 0.55x), at blksize 512 0.9x with 12 s/GiB. A bare blocking sender of 20 lines of
-Python reaches about the same 0.9x: what is left is CPython's cost per system call. With
-windowsize 16 (atftp) a window is one UDP GSO send: 1.6 s/GiB, 2.2–2.4x tftpd-hpa (which has
-no windowsize). A storm of 200 lock-step clients x 1 MiB runs at 0.85–1.07x dnsmasq.
+Performance on the project's 2-vCPU VM (same-run medians of 5–7; bench/tftp_single.py,
+bench/tftp_storm.py; 32 MiB, client and server pinned to one vCPU): lock-step is 0.9x
+tftpd-hpa at blksize 1468 and at 512, with 4.5–4.8 s of server CPU per GiB at 1468 (dnsmasq
+3.8; the asyncio version was 9.3 s and 0.56x) and 12 s at 512 (dnsmasq 10.6). A bare blocking
+``recv_into``/``send`` loop of 20 lines of Python gets the same 0.9x and 4.5 s/GiB: the rest
+is CPython's cost per system call. With windowsize 16 (atftp) a window is one UDP GSO send:
+1.3 s/GiB and 2.2–2.4x tftpd-hpa (which has no windowsize). A storm of 200 lock-step clients
+x 1 MiB (`pxeforge serve`) runs at ~0.9x dnsmasq (0.70x before) and 1.4x tftpd-hpa.
 """
 
 from __future__ import annotations
