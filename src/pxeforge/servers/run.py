@@ -244,6 +244,7 @@ def _tftp_config(settings: Settings) -> TransferConfig:
         retries=settings.tftp_retries,
         max_blksize=settings.tftp_max_blksize,
         max_windowsize=settings.tftp_max_windowsize,
+        max_transfers=settings.tftp_max_transfers,
     )
 
 
