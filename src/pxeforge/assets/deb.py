@@ -150,7 +150,7 @@ def read_ar(f: IO[bytes], *, source: str = "archive") -> list[ArMember]:
     return members
 
 
-class _Slice(io.RawIOBase):
+class FileSlice(io.RawIOBase):
     """A read-only window onto part of a file: one ar member."""
 
     def __init__(self, f: IO[bytes], offset: int, size: int) -> None:
@@ -335,7 +335,7 @@ class DebPackage:
         kind = detect(f.read(8))
         if not kind.supported:
             raise AssetError(f"{self.path}: {m.name} uses unsupported {kind.value} compression")
-        raw = io.BufferedReader(_Slice(f, m.offset, m.size))
+        raw = io.BufferedReader(FileSlice(f, m.offset, m.size))
         stream = open_reader(raw, kind) if kind is not Compression.NONE else raw
         try:
             with tarfile.open(fileobj=stream, mode="r|") as tf:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Final, Literal, Protocol
 
 from pxeforge.errors import AssetError, ConfigError
+from pxeforge.fsutil import write_atomic
 
 from .deb import DebPackage, PackageFile, is_deb, parse_control
 from .rpm import RpmPackage, is_rpm
@@ -640,25 +641,6 @@ class FetchResult:
         return self.root / MANIFEST
 
 
-def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def read_manifest(root: Path) -> dict[str, dict[str, object]]:
     """The ``files`` map of ROOT/MANIFEST.json ({} when absent or unreadable)."""
     try:
@@ -689,7 +671,7 @@ def install_files(
     installed: list[InstalledFile] = []
     for name, m in sorted(matches.items(), key=lambda kv: _order_of(kv[0])):
         blob = contents[name]
-        _atomic_write(root / name, blob)
+        write_atomic(root / name, blob, mode=0o644)
         rec = InstalledFile(
             name=name,
             size=len(blob),
@@ -714,7 +696,7 @@ def install_files(
         "updated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "files": dict(sorted(files.items())),
     }
-    _atomic_write(root / MANIFEST, (json.dumps(doc, indent=2) + "\n").encode())
+    write_atomic(root / MANIFEST, (json.dumps(doc, indent=2) + "\n").encode(), mode=0o644)
     return installed
 
 

@@ -55,6 +55,7 @@ from pxeforge import __version__
 from pxeforge.assets.deb import DebPackage
 from pxeforge.assets.fetch import Progress, ProgressEvent, download_apt
 from pxeforge.errors import AssetError, ConfigError
+from pxeforge.fsutil import write_atomic
 from pxeforge.ramdisk.build_debs import apt_depends, apt_sections, iter_members, library_packages
 from pxeforge.ramdisk.build_init import (
     INIT,
@@ -197,19 +198,6 @@ def _mib(n: int) -> str:
 
 def _key(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class _Part:
@@ -390,7 +378,7 @@ def _blob(config: BuildConfig, archive: bytes, name: str, steps: _Steps) -> byte
     steps.start(f"compress {name}", f"{kind.value} -{level}: {name} ({_mib(len(archive))})")
     data = compress(archive, kind, level=level)
     if name != "agent":
-        _write_atomic(path, data)
+        write_atomic(path, data, mode=0o644, make_parents=True)
     steps.done(f"compress {name}", f"{_mib(len(archive))} → {_mib(len(data))}")
     return data
 
@@ -483,10 +471,10 @@ def build_ramdisk(config: BuildConfig, progress: Progress = _quiet) -> BuildResu
         "packages": packages,
     }
     out = config.out
-    _write_atomic(out / KERNEL_NAME, vmlinuz)
-    _write_atomic(out / INITRAMFS_NAME, initramfs)
+    write_atomic(out / KERNEL_NAME, vmlinuz, mode=0o644, make_parents=True)
+    write_atomic(out / INITRAMFS_NAME, initramfs, mode=0o644, make_parents=True)
     text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
-    _write_atomic(out / MANIFEST_NAME, text.encode())
+    write_atomic(out / MANIFEST_NAME, text.encode(), mode=0o644, make_parents=True)
     steps.done("write", str(out))
     cached = tuple(
         name for name, hit in (("modules", modules_cached), ("userland", userland_cached)) if hit

@@ -31,9 +31,9 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Final
+from typing import Final
 
-from pxeforge.assets.deb import PackageFile, normalize_member, read_ar
+from pxeforge.assets.deb import FileSlice, PackageFile, normalize_member, read_ar
 from pxeforge.errors import AssetError
 from pxeforge.ramdisk.compress import DECODE_ERRORS, Compression, detect, open_reader
 
@@ -61,26 +61,6 @@ class Member:
 
     file: PackageFile
     data: bytes = b""
-
-
-class _Window(io.RawIOBase):
-    """Read-only view of ``size`` bytes at ``offset`` of an open file (one ar member)."""
-
-    def __init__(self, f: IO[bytes], offset: int, size: int) -> None:
-        self._f, self._pos, self._end = f, offset, offset + size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
-        n = min(len(buf), self._end - self._pos)
-        if n <= 0:
-            return 0
-        self._f.seek(self._pos)
-        data = self._f.read(n)
-        buf[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
 
 
 def _kind(ti: tarfile.TarInfo) -> str:
@@ -111,7 +91,7 @@ def iter_members(path: Path, keep: Callable[[PackageFile], bool]) -> Iterator[Me
         kind = detect(f.read(8))
         if not kind.supported:
             raise AssetError(f"{path}: {data.name} uses unsupported {kind.value} compression")
-        raw = io.BufferedReader(_Window(f, data.offset, data.size), buffer_size=1 << 20)
+        raw = io.BufferedReader(FileSlice(f, data.offset, data.size), buffer_size=1 << 20)
         stream = open_reader(raw, kind) if kind is not Compression.NONE else raw
         try:
             with tarfile.open(fileobj=stream, mode="r|") as tf:

@@ -35,12 +35,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pxeforge.errors import AssetError
+from pxeforge.fsutil import write_atomic
 from pxeforge.ramdisk.compress import Compression, compress
 from pxeforge.ramdisk.cpio import (
     Entry,
@@ -468,26 +468,3 @@ def pack(
 
 
 # --------------------------------------------------------------------------- files
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically (temporary file in the same directory, fsync,
-    rename), keeping the mode of the file it replaces (new files: 0666 minus the umask)."""
-    path = Path(path)
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        umask = os.umask(0o022)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
