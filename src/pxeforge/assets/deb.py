@@ -46,6 +46,7 @@ __all__ = [
     "normalize_member",
     "parse_control",
     "read_ar",
+    "tar_kind",
     "resolve_link",
 ]
 
@@ -252,7 +253,8 @@ def parse_control(text: str) -> dict[str, str]:
     return fields
 
 
-def _tar_kind(ti: tarfile.TarInfo) -> str:
+def tar_kind(ti: tarfile.TarInfo) -> str:
+    """A tar member's kind as `PackageFile.kind` spells it."""
     if ti.isreg():
         return "file"
     if ti.isdir():
@@ -372,7 +374,7 @@ class DebPackage:
                     name = normalize_member(ti.name)
                     if name is None:
                         continue
-                    kind = _tar_kind(ti)
+                    kind = tar_kind(ti)
                     link = ti.linkname
                     if kind == "hardlink":
                         link = normalize_member(link) or ""

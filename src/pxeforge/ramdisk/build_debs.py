@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from pxeforge.assets.deb import FileSlice, PackageFile, normalize_member, read_ar
+from pxeforge.assets.deb import FileSlice, PackageFile, normalize_member, read_ar, tar_kind
 from pxeforge.errors import AssetError
 from pxeforge.ramdisk.compress import DECODE_ERRORS, Compression, detect, open_reader
 
@@ -63,18 +63,6 @@ class Member:
     data: bytes = b""
 
 
-def _kind(ti: tarfile.TarInfo) -> str:
-    if ti.isreg():
-        return "file"
-    if ti.isdir():
-        return "dir"
-    if ti.issym():
-        return "symlink"
-    if ti.islnk():
-        return "hardlink"
-    return "other"
-
-
 def iter_members(path: Path, keep: Callable[[PackageFile], bool]) -> Iterator[Member]:
     """Every member of the .deb's data archive, in archive order, in one streaming pass;
     regular files for which ``keep`` is true come with their contents."""
@@ -99,7 +87,7 @@ def iter_members(path: Path, keep: Callable[[PackageFile], bool]) -> Iterator[Me
                     name = normalize_member(ti.name)
                     if name is None or name == ".":
                         continue
-                    kind_s = _kind(ti)
+                    kind_s = tar_kind(ti)
                     link = ti.linkname
                     if kind_s == "hardlink":
                         link = normalize_member(link) or ""
