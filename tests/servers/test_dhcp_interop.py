@@ -192,7 +192,11 @@ class Dhclient:
                 for reason in ("BOUND", "REBOOT"):
                     path = self.out / reason
                     if path.exists() and "new_ip_address=" in path.read_text():
-                        return reason, read_env(path)
+                        env = read_env(path)
+                        # dhclient runs the script first and writes its lease file after:
+                        # killing it in between would lose the lease the next run reboots from
+                        if self._lease_written(env["new_ip_address"], deadline):
+                            return reason, env
                 if proc.poll() is not None:
                     break
                 time.sleep(0.05)
@@ -201,6 +205,13 @@ class Dhclient:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
             proc.communicate(timeout=10)
+
+    def _lease_written(self, ip: str, deadline: float) -> bool:
+        while time.monotonic() < deadline:
+            if self.leases.exists() and f"fixed-address {ip};" in self.leases.read_text():
+                return True
+            time.sleep(0.02)
+        return False
 
     def release(self) -> None:
         subprocess.run(self._argv("-r"), capture_output=True, timeout=40, check=True)
