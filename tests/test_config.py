@@ -70,6 +70,9 @@ def test_flags_are_typed() -> None:
         ('address = "300.1.1.1"\n', "address"),
         ("address = [\n", "config"),
         ('dhcp_mode = "sometimes"\n', "dhcp_mode"),
+        ("timeline_per_key = 0\n", "timeline_per_key"),
+        ('timeline_max_keys = "many"\n', "timeline_max_keys"),
+        ('timeline = "yes"\n', "timeline"),
     ],
 )
 def test_bad_config_files_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
@@ -84,3 +87,11 @@ def test_bad_flags() -> None:
         build_settings(None, {"address": "nope"})
     with pytest.raises(ConfigError, match="--reserve"):
         build_settings(None, {"reservations": ("52:54:00:00:00:01",)})
+
+
+def test_timeline_sizes_from_toml(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("timeline = false\ntimeline-per-key = 8\ntimeline_max_keys = 3\n")
+    s = Settings(**load_toml(cfg))
+    assert (s.timeline, s.timeline_per_key, s.timeline_max_keys) == (False, 8, 3)
+    assert Settings().timeline is True

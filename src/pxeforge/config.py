@@ -107,6 +107,10 @@ class Settings:
     templates_dir: Path | None = None  # kickstart/preseed/autoinstall templates overriding ours
     boot_cache_ttl: float = 1.0  # seconds a MAC's boot answer is cached (DHCP asks per packet)
     api_url: str | None = None  # the API URL ramdisks call; default http://<address>:<api_port>
+    # the live timeline (pxeforge.timeline): what each service saw of each machine, in memory
+    timeline: bool = True  # record events (off: the timeline stays empty; for benchmarks)
+    timeline_per_key: int = 256  # events kept per MAC / node
+    timeline_max_keys: int = 20000  # MACs / nodes kept; the least recently active go first
 
     @property
     def http_base(self) -> str:
@@ -160,7 +164,7 @@ def _coerce(name: str, value: Any) -> Any:
                 return ApiAuth(value)
             case "idle_boot":
                 return IdleBoot(value)
-            case "auto_enroll":
+            case "auto_enroll" | "timeline":
                 if not isinstance(value, bool):
                     raise TypeError(f"expected true or false, got {value!r}")
                 return value
@@ -184,6 +188,10 @@ def _coerce(name: str, value: Any) -> Any:
             case "api_port":
                 if isinstance(value, bool) or not isinstance(value, int):
                     raise TypeError(f"expected an integer port, got {value!r}")
+                return value
+            case "timeline_per_key" | "timeline_max_keys":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise TypeError(f"expected a positive integer, got {value!r}")
                 return value
             case "db_url":
                 if not isinstance(value, str):

@@ -83,6 +83,7 @@ from pxeforge.inventory.states import (
     SOFT_POWER_OFF as SOFT_OFF_STATE,
 )
 from pxeforge.inventory.store import MAX_LIMIT, Store
+from pxeforge.timeline import Timeline
 
 __all__ = [
     "API_CONTEXT",
@@ -116,6 +117,7 @@ class ApiContext:
     )
     public_paths: set[str] = field(default_factory=lambda: {"/", "/v1", "/v1/"})
     public_prefixes: tuple[str, ...] = ()  # e.g. "/v1/heartbeat/" (the agent's, per node)
+    timeline: Timeline = field(default_factory=Timeline)  # `pxeforge serve` shares its own
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking call (store, bcrypt) on the API's thread pool."""

@@ -14,6 +14,10 @@ The inventory part (`_open_inventory`, `_start_api`): open the database (``--db`
 ``--data-dir``; migrations run), start the conductor (register, `recover_stuck`, periodic
 heartbeat and wait timeouts), create the ``http_basic`` credentials on first start (returned in
 `Services.new_credentials` for the caller to print once), and serve the API on ``--api-port``.
+
+One `Timeline` per process (`Services.timeline`, sized by ``timeline_per_key`` /
+``timeline_max_keys``): every service records into it and the API reads it
+(`ApiContext.timeline`). With ``timeline = false`` nothing records; it stays empty.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pxeforge.boot.resolve import BootFiles
 from pxeforge.config import DhcpMode, Settings
 from pxeforge.errors import StartupError
 from pxeforge.protocols.tftp import TransferConfig
+from pxeforge.timeline import Timeline
 
 __all__ = ["Services", "start_services"]
 
@@ -43,6 +48,7 @@ T = TypeVar("T")
 @dataclass
 class Services:
     registry: ClientRegistry
+    timeline: Timeline = field(default_factory=Timeline)  # start_services sizes it from Settings
     files: BootFiles | None = None  # set once the booter is known
     http: Any = None
     tftp: Any = None
@@ -95,7 +101,8 @@ async def start_services(settings: Settings, booter: Booter | None = None) -> Se
     from pxeforge.servers.tftp import start_tftp
 
     registry = ClientRegistry()
-    services = Services(registry=registry)
+    timeline = Timeline(per_key=settings.timeline_per_key, max_keys=settings.timeline_max_keys)
+    services = Services(registry=registry, timeline=timeline)
     bind = str(settings.address) if settings.address is not None else "0.0.0.0"
     try:
         if booter is None:
@@ -231,7 +238,7 @@ async def _start_api(settings: Settings, services: Services, bind: str) -> None:
                 "(fix --data-dir, or run with --api-auth noauth on a trusted network)"
             ) from None
         htpasswd = Htpasswd(data_dir / HTPASSWD_FILE)
-    ctx = ApiContext(store, conductor, htpasswd)
+    ctx = ApiContext(store, conductor, htpasswd, timeline=services.timeline)
     services._closers.append(_async(ctx.close))
     services.api = await _start("API", settings.api_port, start_api(ctx, bind, settings.api_port))
     services._closers.append(_async(services.api.close))
