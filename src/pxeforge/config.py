@@ -95,6 +95,8 @@ class Settings:
     deploy_callback_timeout: float = 1800.0  # [conductor]deploy_callback_timeout; 0: forever
     inspect_wait_timeout: float = 1800.0  # [conductor]inspect_wait_timeout
     clean_callback_timeout: float = 1800.0  # [conductor]clean_callback_timeout
+    automated_clean: bool = True  # [conductor]automated_clean; a node's automated_clean wins
+    agent_command_timeout: float = 60.0  # [agent]command_timeout: each HTTP call to an agent
     heartbeat_interval: float = 10.0  # [conductor]heartbeat_interval, seconds
     heartbeat_timeout: float = 60.0  # [conductor]heartbeat_timeout: a silent conductor is dead
     check_provision_state_interval: float = 60.0  # [conductor]…: how often waits are checked
@@ -164,7 +166,7 @@ def _coerce(name: str, value: Any) -> Any:
                 return ApiAuth(value)
             case "idle_boot":
                 return IdleBoot(value)
-            case "auto_enroll" | "timeline":
+            case "auto_enroll" | "timeline" | "automated_clean":
                 if not isinstance(value, bool):
                     raise TypeError(f"expected true or false, got {value!r}")
                 return value
@@ -180,6 +182,7 @@ def _coerce(name: str, value: Any) -> Any:
                 "deploy_callback_timeout"
                 | "inspect_wait_timeout"
                 | "clean_callback_timeout"
+                | "agent_command_timeout"
                 | "heartbeat_interval"
                 | "heartbeat_timeout"
                 | "check_provision_state_interval"
