@@ -538,12 +538,16 @@ class Store:
         *,
         holder: str | None = None,
         now: datetime | None = None,
+        touch_provisioning: bool = False,
     ) -> NodeRecord:
         """Set node fields. Refused (`NodeLocked`) if someone other than ``holder`` holds the
-        lock; provision-state fields change only through `save_transition`."""
+        lock; provision-state fields change only through `save_transition`.
+        ``touch_provisioning``: also move ``provision_updated_at`` to now (Ironic's
+        ``touch_provisioning``: an agent heartbeat in a wait state restarts its timeout)."""
         _check_changes(changes)
         if changes.get("name") is not None and _is_uuid(changes["name"]):
             raise InvalidParameterValue(f"A node name cannot be a UUID: {changes['name']}")
+        touched = {"provision_updated_at": _now(now)} if touch_provisioning else {}
         try:
             with self._writing() as session:
                 row = self._node(session, ident)
@@ -552,7 +556,7 @@ class Store:
                 result = session.execute(
                     update(Node)
                     .where(Node.id == row.id, may_write)
-                    .values(**changes, updated_at=_now(now))
+                    .values(**changes, updated_at=_now(now), **touched)
                     .execution_options(synchronize_session=False)
                 )
                 if _rowcount(result) != 1:
