@@ -36,7 +36,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, cast
 
-from sqlalchemy import ColumnElement, CursorResult, Engine, and_, delete, false, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    Engine,
+    and_,
+    delete,
+    false,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -95,6 +106,9 @@ log = logging.getLogger(__name__)
 
 MAX_LIMIT: Final = 1000
 """Largest page (Ironic's ``[api]max_limit``); also the page size when no limit is given."""
+
+_IN_CHUNK: Final = 500
+"""Most values in one ``IN (…)`` (SQLite caps bound parameters per statement)."""
 
 DEFAULT_HEARTBEAT_TIMEOUT: Final = 60.0
 """Seconds without a heartbeat after which a conductor is dead (Ironic's default)."""
@@ -227,6 +241,17 @@ def _node_where(ident: str | int) -> ColumnElement[bool]:
     if _is_uuid(ident):
         return Node.uuid == str(uuidlib.UUID(ident))
     return Node.name == ident
+
+
+def _search_where(text: str) -> ColumnElement[bool]:
+    """Nodes named like ``text``, or whose UUID or a port's MAC starts with it."""
+    text = text.strip().lower()
+    mac = text.replace("-", ":")
+    return or_(
+        Node.name.icontains(text, autoescape=True),
+        Node.uuid.startswith(text, autoescape=True),
+        Node.id.in_(select(Port.node_id).where(Port.address.startswith(mac, autoescape=True))),
+    )
 
 
 def _unique_violation(exc: IntegrityError, table: str, column: str) -> bool:
@@ -382,6 +407,7 @@ class Store:
         marker: str | None,
         sort_key: str,
         sort_dir: str,
+        search: str | None = None,
     ) -> tuple[list[ColumnElement[bool]], list[Any], int]:
         if sort_key not in _SORT_KEYS:
             raise InvalidParameterValue(
@@ -416,6 +442,8 @@ class Store:
             if name not in _MATCHABLE_NODE_FIELDS:
                 raise InvalidParameterValue(f"Cannot filter nodes by {name}")
             where.append(getattr(Node, name) == value)
+        if search:
+            where.append(_search_where(search))
         column = getattr(Node, sort_key)
         ascending = sort_dir == "asc"
         if marker is not None:
@@ -505,8 +533,11 @@ class Store:
         marker: str | None = None,
         sort_key: str = "id",
         sort_dir: str = "asc",
+        search: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Like `list_nodes`, but reads only ``fields`` and returns one dict per node."""
+        """Like `list_nodes`, but reads only ``fields`` and returns one dict per node;
+        ``search`` (the dashboard's box) keeps nodes whose name contains it (any case), whose
+        UUID starts with it, or with a port whose MAC starts with it."""
         bad = [f for f in fields if f not in NODE_FIELDS]
         if bad or not fields:
             raise InvalidParameterValue(f'Field(s) "{", ".join(bad)}" are not valid')
@@ -526,6 +557,7 @@ class Store:
                 marker=marker,
                 sort_key=sort_key,
                 sort_dir=sort_dir,
+                search=search,
             )
             columns = [getattr(Node, name) for name in names]
             result = session.execute(select(*columns).where(*where).order_by(*order).limit(page))
@@ -751,6 +783,52 @@ class Store:
             if len(node_ids) != 1:
                 raise NodeNotFound(label)
             return NodeRecord.from_row(self._node(session, node_ids.pop()))
+
+    def count_nodes_by_state(self) -> dict[str, int]:
+        """How many nodes are in each provision state (one ``GROUP BY``)."""
+        with self._reading() as session:
+            rows = session.execute(
+                select(Node.provision_state, func.count()).group_by(Node.provision_state)
+            )
+            return {state: count for state, count in rows}
+
+    def node_addresses(self, nodes: Iterable[int]) -> dict[int, list[str]]:
+        """The MACs of each of these nodes (numeric ids), in port order; one query per
+        `_IN_CHUNK` nodes."""
+        ids = sorted(set(nodes))
+        found: dict[int, list[str]] = {}
+        with self._reading() as session:
+            for i in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[i : i + _IN_CHUNK]
+                rows = session.execute(
+                    select(Port.node_id, Port.address)
+                    .where(Port.node_id.in_(chunk))
+                    .order_by(Port.id)
+                )
+                for node_id, address in rows:
+                    found.setdefault(node_id, []).append(address)
+        return found
+
+    def port_owners(self, addresses: Iterable[str]) -> dict[str, str]:
+        """Which of these MACs a port names: ``{mac: node UUID}``; one query per `_IN_CHUNK`
+        MACs. Malformed MACs are ignored (no port has them)."""
+        macs = set()
+        for address in addresses:
+            try:
+                macs.add(normalize_mac(address))
+            except (ValueError, AttributeError):
+                continue
+        wanted = sorted(macs)
+        found: dict[str, str] = {}
+        with self._reading() as session:
+            for i in range(0, len(wanted), _IN_CHUNK):
+                rows = session.execute(
+                    select(Port.address, Node.uuid)
+                    .join(Node, Port.node_id == Node.id)
+                    .where(Port.address.in_(wanted[i : i + _IN_CHUNK]))
+                )
+                found.update((address, node_uuid) for address, node_uuid in rows)
+        return found
 
     # -- history ----------------------------------------------------------------------------
 
