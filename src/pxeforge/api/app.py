@@ -876,6 +876,9 @@ def create_app(
     from pxeforge.api import ramdisk  # the agent's endpoints (it imports this module)
 
     routes = [*extra_routes, *ramdisk.install(ctx), *ROUTES]
+    from pxeforge.api import doctor  # GET /v1/doctor, /v1/nodes/{node}/doctor
+
+    routes = [*routes, *doctor.install(ctx)]
     app.router.add_routes(routes)
     # clients may add a trailing slash (python-ironicclient lists "/v1/ports/?node=…")
     app.router.add_routes([_slashed(r) for r in routes if _slashable(r)])

@@ -120,8 +120,10 @@ class Evidence:
     what: str
 
     @classmethod
-    def of(cls, event: Event, what: str | None = None) -> Evidence:
-        return cls(event.seq, event.at, what or f"{event.source} {event.kind}: {event.summary}")
+    def of(cls, event: Event, note: str | None = None) -> Evidence:
+        """The event as ``source kind: summary``, with ``note`` (what matters here) after it."""
+        what = f"{event.source} {event.kind}: {event.summary}"
+        return cls(event.seq, event.at, f"{what} — {note}" if note else what)
 
     def to_json(self) -> dict[str, Any]:
         return {"seq": self.seq, "at": self.at, "what": self.what}

@@ -164,9 +164,9 @@ def _not_found(e: Event) -> bool:
 
 
 def _evidence(
-    events: Iterable[Event], what: Callable[[Event], str] | None = None
+    events: Iterable[Event], note: Callable[[Event], str] | None = None
 ) -> list[Evidence]:
-    return [Evidence.of(e, what(e) if what else None) for e in events]
+    return [Evidence.of(e, note(e) if note else None) for e in events]
 
 
 def _cap(evidence: Iterable[Evidence]) -> tuple[Evidence, ...]:
@@ -200,30 +200,26 @@ def other_dhcp_server(s: Subject) -> Iterable[Finding]:
     ignored = [e for e in s.of("dhcp", "ignored") if e.at >= first.at - 60]
     acks_after = [e for e in s.of("dhcp", "ack") if e.seq > first.seq]
     servers = ", ".join(_server_name(s, ip) for ip in by_server)
-    taken = sum(len(v) for v in by_server.values())
+    named = f"its REQUEST named {'it' if len(by_server) == 1 else 'them'} (option 54) " + _times(
+        sum(len(v) for v in by_server.values())
+    )
     if offers:
         what = (
             f"OFFER sent {_times(len(offers))}, no REQUEST for it: another DHCP server is "
-            f"answering — the client took the offer of {servers} ({taken} REQUEST(s) name it, "
-            "option 54)"
+            f"answering — the client took the offer of {servers}; {named}"
         )
     else:
-        what = (
-            f"another DHCP server is answering: the client took the offer of {servers} "
-            f"({taken} REQUEST(s) name it, option 54)"
-        )
+        what = f"another DHCP server is answering: the client took the offer of {servers}; {named}"
         if ignored:
             why = ignored[-1].data.get("why") or ignored[-1].summary
             what += f"; pxeforge did not answer it ({why})"
     todo = (
-        f"find the other server ({servers}) and switch it off, or keep it from answering this "
+        f"find {servers}, the other server, and switch it off, or keep it from answering this "
         "machine (a host exclusion, another segment); if it must stay, run pxeforge with "
         "--dhcp proxy beside it. Two servers answering make boots a lottery: whichever "
         "answers first wins."
     )
-    evidence = _evidence(
-        foreign[:4] + foreign[-1:], lambda e: f"{e.summary} — names server {e.data['server']}"
-    )
+    evidence = _evidence(foreign[:4] + foreign[-1:], lambda e: f"server id {e.data['server']}")
     evidence += _evidence(offers[:3] + offers[-1:])
     evidence += _evidence(ignored[-1:])
     yield Finding(
@@ -367,7 +363,7 @@ def loader_mismatch(s: Subject) -> Iterable[Finding]:
                 f"Option 93 = {arch} means {firmware.value} firmware, which needs {expects}. "
                 "Check --boot-method and the loaders in the boot root (`pxeforge assets fetch`)."
             )
-        evidence = [Evidence.of(said, f"{said.summary} — option 93 = {arch}"), Evidence.of(e)]
+        evidence = [Evidence.of(said, f"option 93 = {arch}"), Evidence.of(e)]
         if foreign is not None and foreign is not said:
             evidence.append(Evidence.of(foreign))
         yield Finding(
@@ -701,7 +697,7 @@ def _progress(s: Subject, since: float) -> _Stage | None:
             f"check the API URL on the kernel command line (ipa-api-url={url}): the ramdisk "
             "must reach it (address, routing, a firewall on its port); the machine's console "
             "shows the agent's errors",
-            [Evidence.of(got, f"{got.summary} — {_duration(s.now - got.at)} ago")],
+            [Evidence.of(got, f"{_duration(s.now - got.at)} ago")],
         )
     found = [e for e in lookups if e.data.get("found")]
     if not found:
