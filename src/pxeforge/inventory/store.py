@@ -23,6 +23,11 @@ Theory of operation:
   ``wait call-back``, ``inspect wait`` or ``clean wait`` (`WaitTimeouts`, Ironic's defaults).
 * **Pagination** is Ironic's: ``limit`` (at most `MAX_LIMIT`) and ``marker`` (the UUID of the last
   item of the previous page), keyset-based on ``(sort_key, id)``.
+* **History observers** (`Store.observers`): every history record — `add_history`, and the
+  records a `save_transition` writes with its state change — is told to each observer as a
+  `HistoryNotice` once its transaction has committed (the live timeline and the metrics
+  listen). It runs in the writer's thread; an observer that raises is logged, never the
+  writer's problem.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid as uuidlib
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -96,6 +101,7 @@ __all__ = [
     "KEEP",
     "MAX_LIMIT",
     "HistoryEntry",
+    "HistoryNotice",
     "Keep",
     "Recovery",
     "Store",
@@ -196,6 +202,18 @@ class HistoryEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryNotice:
+    """Committed history records of one node, as `Store.observers` get them."""
+
+    node: str  # the node's UUID
+    records: tuple[HistoryRecord, ...]
+    from_state: str | None = None  # save_transition: the provision state left…
+    to_state: str | None = None  # …the one entered (may be the same)
+    seconds_in_state: float | None = None  # how long the node had been in ``from_state``
+    last_error: str | None = None  # save_transition: the node's last_error afterwards
+
+
+@dataclass(frozen=True, slots=True)
 class Recovery:
     """One node `recover_stuck` or `expire_waits` acted on."""
 
@@ -279,6 +297,14 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._writer = db.write_engine(engine)
+        self.observers: list[Callable[[HistoryNotice], object]] = []
+
+    def _notify(self, notice: HistoryNotice) -> None:
+        for observer in self.observers:
+            try:
+                observer(notice)
+            except Exception:
+                log.exception("history observer %r failed", observer)
 
     @classmethod
     def connect(cls, url: str, *, migrate: bool = True) -> Store:
@@ -763,6 +789,17 @@ class Store:
             self._check_node_free(session.get_one(Node, row.node_id), holder)
             session.delete(row)
 
+    def node_macs(self, ident: str | int) -> tuple[str, list[str]]:
+        """``(uuid, MACs of its ports)`` of a node (PXE-enabled ports first), one read."""
+        with self._reading() as session:
+            row = self._node(session, ident)
+            macs = session.execute(
+                select(Port.address)
+                .where(Port.node_id == row.id)
+                .order_by(Port.pxe_enabled.desc(), Port.id)
+            ).scalars()
+            return row.uuid, list(macs)
+
     def lookup_node(self, addresses: Iterable[str]) -> NodeRecord:
         """The one node owning any of these MACs (the ramdisk's and the boot plane's lookup).
 
@@ -845,8 +882,9 @@ class Store:
     ) -> HistoryRecord:
         """Append one event to a node's history."""
         with self._writing() as session:
+            node_row = self._node(session, node)
             row = self._history_row(
-                self._node(session, node).id,
+                node_row.id,
                 HistoryEntry(event, event_type, severity),
                 user=user,
                 conductor=conductor,
@@ -854,7 +892,11 @@ class Store:
             )
             session.add(row)
             session.flush()
-            return HistoryRecord.from_row(row)
+            record = HistoryRecord.from_row(row)
+            uuid = node_row.uuid
+        if self.observers:
+            self._notify(HistoryNotice(uuid, (record,)))
+        return record
 
     @staticmethod
     def _history_row(
@@ -1067,11 +1109,28 @@ class Store:
                     f'Node {row.uuid} is in state "{row.provision_state}", not '
                     f'"{expected_state}"; the transition was not saved'
                 )
-            for entry in history:
-                session.add(self._history_row(row.id, entry, user=user, conductor=holder, now=at))
+            entered = row.provision_updated_at or row.created_at
+            rows = [
+                self._history_row(row.id, entry, user=user, conductor=holder, now=at)
+                for entry in history
+            ]
+            session.add_all(rows)
             session.flush()
+            records = tuple(HistoryRecord.from_row(r) for r in rows)
             session.expire(row)
-            return NodeRecord.from_row(self._node(session, row.id))
+            after = NodeRecord.from_row(self._node(session, row.id))
+        if self.observers:
+            self._notify(
+                HistoryNotice(
+                    after.uuid,
+                    records,
+                    from_state=expected_state,
+                    to_state=provision_state,
+                    seconds_in_state=max(0.0, (at - entered).total_seconds()),
+                    last_error=after.last_error,
+                )
+            )
+        return after
 
     def _fail_locked(
         self,

@@ -53,7 +53,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from types import MappingProxyType
 from typing import Literal
@@ -78,12 +78,21 @@ from pxeforge.protocols.dhcp import (
     u32_bytes,
 )
 from pxeforge.protocols.pxe import (
+    client_arch,
     is_http_client,
+    is_ipxe,
     is_pxe_client,
     machine_from_packet,
 )
 
-__all__ = ["Decision", "DhcpEvent", "DhcpResponder", "DhcpServer", "start_dhcp"]
+__all__ = [
+    "Decision",
+    "DhcpEvent",
+    "DhcpResponder",
+    "DhcpServer",
+    "start_dhcp",
+    "with_request",
+]
 
 log = logging.getLogger("pxeforge.dhcp")
 
@@ -101,7 +110,12 @@ Commit = Literal["thread", "inline"]
 
 @dataclass(frozen=True, slots=True)
 class DhcpEvent:
-    """One decision, for logs and the timeline. ``type`` is the request's message type."""
+    """One decision, for logs and the timeline. ``type`` is the request's message type.
+
+    The request's own details (``vendor_class`` … ``server``, and ``arch`` when the decision
+    did not look at it) are filled in by `DhcpServer` only when someone listens (``on_event``),
+    and take no part in comparisons.
+    """
 
     mac: str
     type: str
@@ -109,6 +123,10 @@ class DhcpEvent:
     ip: IPv4Address | None = None
     arch: int | None = None
     loader: str | None = None
+    vendor_class: str | None = field(default=None, compare=False)  # option 60
+    user_class: str | None = field(default=None, compare=False)  # option 77, as text
+    ipxe: bool = field(default=False, compare=False)  # option 77 "iPXE" or option 175
+    server: str | None = field(default=None, compare=False)  # option 54 (a REQUEST's choice)
 
 
 @dataclass(frozen=True, slots=True)
@@ -526,7 +544,7 @@ class DhcpServer:
         self.stats[f"{event.type}:{event.outcome}"] += 1
         if self.on_event is not None:
             try:
-                self.on_event(event)
+                self.on_event(with_request(event, packet))
             except Exception:
                 log.exception("DHCP on_event callback failed")
         if decision.data is None:
@@ -716,6 +734,33 @@ def pool_from_settings(settings: Settings) -> LeasePool:
         reservations=settings.reservations,
         exclude=exclude,
     )
+
+
+def with_request(event: DhcpEvent, p: Packet) -> DhcpEvent:
+    """``event`` with the request's details (vendor and user class, iPXE, server id, arch)."""
+    vendor = p.options.get(Option.VENDOR_CLASS)
+    user = p.options.get(Option.USER_CLASS)
+    server = p.options.get(Option.SERVER_ID)
+    return DhcpEvent(
+        event.mac,
+        event.type,
+        event.outcome,
+        event.ip,
+        event.arch if event.arch is not None else client_arch(p),
+        event.loader,
+        None if vendor is None else _printable(vendor),
+        None if user is None else _printable(user),
+        is_ipxe(p),
+        str(IPv4Address(server)) if server is not None and len(server) == 4 else None,
+    )
+
+
+def _printable(value: bytes) -> str:
+    """Option text for a person: Latin-1, NULs stripped, control characters as ``?``."""
+    text = value.decode("latin-1").rstrip("\0")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _readable_mac(data: bytes) -> str:

@@ -36,6 +36,11 @@ One aiohttp application (low-level `web.AppRunner` + `web.TCPSite`), four kinds 
     per-node installer file (kickstart, preseed, cloud-init ``user-data``/``meta-data``) and
     the installer's final callback. The server passes the UUID, name and token through and
     answers what the hooks say; it never sees the inventory.
+
+Every answered request, once its response is completely sent (sendfile included), updates
+`HttpServer.stats` and, if ``on_event`` is given, becomes one `HttpEvent` (client address,
+path, status, bytes, seconds; the MAC of ``/ipxe?mac=``, the node of ``/ks/<uuid>``): the hook
+is aiohttp's access logger (`_AccessLog`), the one place that sees a response end.
 """
 
 from __future__ import annotations
@@ -45,16 +50,17 @@ import logging
 import mimetypes
 import re
 import time
-from collections import deque
-from collections.abc import Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl, unquote
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_log import AccessLogger
 
 from pxeforge.boot.booter import Booter
 from pxeforge.boot.clients import ClientRegistry
@@ -65,7 +71,9 @@ from pxeforge.errors import AccessViolation, FileNotFound
 
 __all__ = [
     "CALLBACK_HISTORY",
+    "HttpEvent",
     "HttpServer",
+    "HttpStats",
     "InstallerHooks",
     "firmware_from_ipxe",
     "parse_callback",
@@ -161,6 +169,26 @@ class InstallerHooks(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class HttpEvent:
+    """One answered request (sent completely, or as far as the client took it)."""
+
+    client: str  # the client's address as aiohttp saw it ("" if unknown)
+    method: str
+    path: str  # without the query
+    status: int
+    bytes: int  # body bytes sent
+    seconds: float  # from the request's arrival to the end of the response
+    mac: str | None = None  # /ipxe?mac=…
+    node: str | None = None  # /ks/<uuid>…
+
+
+@dataclass(slots=True)
+class HttpStats:
+    responses: Counter[int] = field(default_factory=Counter)  # by status code
+    bytes_sent: int = 0  # response body bytes
+
+
 @dataclass
 class HttpServer:
     """A running HTTP server; ``port`` is the bound port (useful with port 0)."""
@@ -168,12 +196,65 @@ class HttpServer:
     port: int
     http_base: str
     callbacks: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=CALLBACK_HISTORY))
+    stats: HttpStats = field(default_factory=HttpStats)
+    on_event: Callable[[HttpEvent], object] | None = None
     _runner: web.AppRunner | None = None
 
     async def close(self) -> None:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+
+    def _answered(self, request: web.BaseRequest, response: web.StreamResponse, t: float) -> None:
+        size = _body_bytes(request, response)
+        self.stats.responses[response.status] += 1
+        self.stats.bytes_sent += size
+        if self.on_event is None:
+            return
+        path = request.path
+        mac = node = None
+        if path == "/ipxe":
+            try:
+                mac = normalize_mac(request.query.get("mac", ""))
+            except ValueError:
+                mac = None
+        elif path.startswith("/ks/"):
+            candidate = path[4:].partition("/")[0].lower()
+            node = candidate if _UUID.fullmatch(candidate) else None
+        event = HttpEvent(
+            request.remote or "", request.method, path, response.status, size, t, mac, node
+        )
+        try:
+            self.on_event(event)
+        except Exception:
+            log.exception("HTTP event handler failed")
+
+
+def _body_bytes(request: web.BaseRequest, response: web.StreamResponse) -> int:
+    """Body bytes sent: a sendfile bypasses aiohttp's byte count, Content-Length does not."""
+    if request.method == "HEAD" or response.status in (204, 304):
+        return 0
+    if isinstance(response, web.FileResponse) and response.content_length is not None:
+        return response.content_length
+    return response.body_length
+
+
+class _AccessLog(AccessLogger):
+    """aiohttp's access log line (when INFO is on), then `HttpServer._answered`."""
+
+    @property
+    def enabled(self) -> bool:
+        return True
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if self.logger.isEnabledFor(logging.INFO):
+            super().log(request, response, time)
+        server = request.app.get(_SERVER) if isinstance(request, web.Request) else None
+        if server is not None:
+            server._answered(request, response, time)
+
+
+_SERVER: Final = web.AppKey("pxeforge_http_server", HttpServer)
 
 
 class _OpenFileResponse(web.FileResponse):
@@ -350,13 +431,16 @@ async def start_http(
     registry: ClientRegistry,
     http_base: str | None = None,
     installer: InstallerHooks | None = None,
+    on_event: Callable[[HttpEvent], object] | None = None,
 ) -> HttpServer:
     """Bind and serve. ``http_base`` (the URL clients reach us at) defaults to the bound
     ``http://host:port`` — what tests on port 0 want; ``pxeforge serve`` passes its own.
-    ``installer``: serve ``/ks/…`` through these hooks (see the module docstring)."""
-    server = HttpServer(port=0, http_base=http_base or "")
+    ``installer``: serve ``/ks/…`` through these hooks (see the module docstring).
+    ``on_event``: called with an `HttpEvent` for every answered request."""
+    server = HttpServer(port=0, http_base=http_base or "", on_event=on_event)
     handlers = _Handlers(files, booter, registry, server, installer)
     app = web.Application(client_max_size=CALLBACK_MAX_BYTES)
+    app[_SERVER] = server
     app.router.add_get("/boot.ipxe", handlers.boot_ipxe)
     app.router.add_get("/ipxe", handlers.ipxe)
     app.router.add_post("/_pxeforge/callback", handlers.callback)
@@ -366,7 +450,9 @@ async def start_http(
         app.router.add_get("/ks/{node}/{name}", handlers.installer_config)
         app.router.add_post("/ks/{node}/done", handlers.installer_done)
     app.router.add_get(r"/{path:[\s\S]*}", handlers.file)
-    runner = web.AppRunner(app, access_log=access_log, logger=_server_log)
+    runner = web.AppRunner(
+        app, access_log=access_log, access_log_class=_AccessLog, logger=_server_log
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
