@@ -83,6 +83,7 @@ from pxeforge.inventory.states import (
     SOFT_POWER_OFF as SOFT_OFF_STATE,
 )
 from pxeforge.inventory.store import MAX_LIMIT, Store
+from pxeforge.metrics import Metrics
 from pxeforge.timeline import Timeline
 
 __all__ = [
@@ -118,6 +119,8 @@ class ApiContext:
     public_paths: set[str] = field(default_factory=lambda: {"/", "/v1", "/v1/"})
     public_prefixes: tuple[str, ...] = ()  # e.g. "/v1/heartbeat/" (the agent's, per node)
     timeline: Timeline = field(default_factory=Timeline)  # `pxeforge serve` shares its own
+    metrics: Metrics = field(default_factory=Metrics)  # served at /metrics (api.metrics)
+    record_agent: bool = True  # record the agent's calls in the timeline (api.timeline)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking call (store, bcrypt) on the API's thread pool."""
@@ -876,6 +879,9 @@ def create_app(
     from pxeforge.api import ramdisk  # the agent's endpoints (it imports this module)
 
     routes = [*extra_routes, *ramdisk.install(ctx), *ROUTES]
+    from pxeforge.api import metrics, timeline  # the live timeline, /metrics
+
+    routes = [*timeline.install(ctx, app), *metrics.install(ctx), *routes]
     from pxeforge.api import doctor  # GET /v1/doctor, /v1/nodes/{node}/doctor
 
     routes = [*routes, *doctor.install(ctx)]

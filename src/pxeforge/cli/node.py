@@ -10,11 +10,17 @@ is upgraded. Errors print the server's message (Ironic's ``faultstring``) and ex
 ``--wait`` (on the provisioning verbs) shows a live status line until the node is in a stable
 state — exit 0 in the expected one, 1 in a failure state or with ``last_error`` set, 2 on
 ``--timeout``.
+
+``node timeline NODE|MAC`` prints the live timeline (`pxeforge.timeline`), one line per event
+like a packet capture: time, source, summary. A MAC some port names shows that node's
+timeline; any other MAC (an unknown machine) its own. ``--follow`` polls with ``since=`` the
+last event's ``seq`` every `FOLLOW_INTERVAL` seconds until Ctrl-C (or ``--timeout``).
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
 import time
@@ -33,6 +39,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pxeforge.api.auth import read_credentials
+from pxeforge.boot.machine import normalize_mac
 from pxeforge.config import Settings
 from pxeforge.inventory.states import FAILURE_STATES, STABLE_STATES
 
@@ -43,6 +50,7 @@ CLI_VERSION: Final = "1.87"
 
 DEFAULT_URL: Final = f"http://127.0.0.1:{Settings().api_port}"
 POLL_INTERVAL: Final = 0.5
+FOLLOW_INTERVAL: Final = 1.0
 
 _EXPECTED: Final[dict[str, str]] = {
     "manage": "manageable",
@@ -493,3 +501,65 @@ def port_list(client: ApiClient, ident: str | None, as_json: bool) -> None:
     for item in ports:
         table.add_row(item["uuid"], item["address"], item["node_uuid"], _show(item["pxe_enabled"]))
     _console().print(table)
+
+
+# ---- the live timeline ------------------------------------------------------------------------
+
+
+def _timeline_path(client: ApiClient, ident: str) -> str:
+    """The API path of ``ident``'s timeline: its node's if a port names the MAC, else the MAC's."""
+    if ident.lower().startswith("ip:"):
+        return f"/v1/timeline/{_q(ident.lower())}"
+    try:
+        mac = normalize_mac(ident)
+    except ValueError:
+        return f"/v1/nodes/{_q(ident)}/timeline"
+    ports = client.get(f"/v1/ports?{urlencode({'address': mac, 'fields': 'node_uuid'})}")["ports"]
+    if ports:
+        return f"/v1/nodes/{_q(ports[0]['node_uuid'])}/timeline"
+    return f"/v1/timeline/{_q(mac)}"
+
+
+def _event_line(event: Mapping[str, Any], with_mac: bool) -> str:
+    at = datetime.datetime.fromtimestamp(float(event["at"]))
+    line = f"{at:%H:%M:%S.%f} {event['source']:<6} "
+    if with_mac:
+        line += f"{event.get('mac') or event.get('node') or '-':<17} "
+    line += str(event["summary"])
+    if event.get("level") in ("warning", "error"):
+        line += f"  [{event['level']}]"
+    return line
+
+
+@node.command("timeline")
+@click.argument("ident")
+@click.option("--follow", is_flag=True, help="Keep printing new events (Ctrl-C stops).")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the newest N events first.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
+@click.option("--timeout", type=float, default=0.0, help="With --follow: stop after S seconds.")
+@pass_client
+def timeline(
+    client: ApiClient, ident: str, follow: bool, limit: int | None, as_json: bool, timeout: float
+) -> None:
+    """What the services saw of a node (NODE: UUID or name) or of any MAC, oldest first."""
+    path = _timeline_path(client, ident)
+    since = 0
+    query: dict[str, Any] = {"limit": limit} if limit else {}
+    deadline = time.monotonic() + timeout if timeout > 0 else None
+    with_mac: bool | None = None
+    try:
+        while True:
+            page = client.get(f"{path}?{urlencode({**query, 'since': since})}")
+            events = page["events"]
+            if with_mac is None:  # a node with several NICs: say which one
+                with_mac = len(page.get("macs", ())) > 1
+            for event in events:
+                click.echo(json.dumps(event, sort_keys=True) if as_json else
+                           _event_line(event, with_mac))  # fmt: skip
+                since = max(since, int(event["seq"]))
+            if not follow or (deadline is not None and time.monotonic() >= deadline):
+                return
+            query = {}
+            time.sleep(FOLLOW_INTERVAL)
+    except KeyboardInterrupt:
+        return

@@ -16,8 +16,11 @@ heartbeat and wait timeouts), create the ``http_basic`` credentials on first sta
 `Services.new_credentials` for the caller to print once), and serve the API on ``--api-port``.
 
 One `Timeline` per process (`Services.timeline`, sized by ``timeline_per_key`` /
-``timeline_max_keys``): every service records into it and the API reads it
+``timeline_max_keys``): every service records into it (`pxeforge.recording`: the servers'
+``on_event``, the store's history observers, the API's agent middleware) and the API reads it
 (`ApiContext.timeline`). With ``timeline = false`` nothing records; it stays empty.
+One `Metrics` per process too (`Services.metrics`, served at ``/metrics``): it reads the
+servers' own counters when scraped and observes the store's history.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ from pxeforge.boot.clients import ClientRegistry
 from pxeforge.boot.resolve import BootFiles
 from pxeforge.config import DhcpMode, Settings
 from pxeforge.errors import StartupError
+from pxeforge.metrics import Metrics
 from pxeforge.protocols.tftp import TransferConfig
+from pxeforge.recording import BootPlaneRecorder, HistoryRecorder
 from pxeforge.timeline import Timeline
 
 __all__ = ["Services", "start_services"]
@@ -49,6 +54,8 @@ T = TypeVar("T")
 class Services:
     registry: ClientRegistry
     timeline: Timeline = field(default_factory=Timeline)  # start_services sizes it from Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    recorder: BootPlaneRecorder | None = None  # None: the timeline is off
     files: BootFiles | None = None  # set once the booter is known
     http: Any = None
     tftp: Any = None
@@ -103,6 +110,9 @@ async def start_services(settings: Settings, booter: Booter | None = None) -> Se
     registry = ClientRegistry()
     timeline = Timeline(per_key=settings.timeline_per_key, max_keys=settings.timeline_max_keys)
     services = Services(registry=registry, timeline=timeline)
+    if settings.timeline:
+        services.recorder = BootPlaneRecorder(timeline, registry, next_server=settings.address)
+    recorder = services.recorder
     bind = str(settings.address) if settings.address is not None else "0.0.0.0"
     try:
         if booter is None:
@@ -121,6 +131,7 @@ async def start_services(settings: Settings, booter: Booter | None = None) -> Se
                 registry=registry,
                 http_base=settings.http_base,
                 installer=services.installer,
+                on_event=recorder.http if recorder is not None else None,
             ),
         )
         services._closers.append(_async(services.http.close))
@@ -128,7 +139,13 @@ async def start_services(settings: Settings, booter: Booter | None = None) -> Se
         services.tftp = await _start(
             "TFTP",
             settings.tftp_port,
-            start_tftp(bind, settings.tftp_port, files, config=_tftp_config(settings)),
+            start_tftp(
+                bind,
+                settings.tftp_port,
+                files,
+                config=_tftp_config(settings),
+                on_event=recorder.tftp if recorder is not None else None,
+            ),
         )
         services._closers.append(_async(services.tftp.close))
         log.info("TFTP on %s:%d", bind, services.tftp.port)
@@ -142,8 +159,17 @@ async def start_services(settings: Settings, booter: Booter | None = None) -> Se
             services.dhcp = await _start(
                 "DHCP",
                 settings.dhcp_port,
-                start_dhcp(settings, booter, registry, pool=pool, store=store),
+                start_dhcp(
+                    settings,
+                    booter,
+                    registry,
+                    pool=pool,
+                    store=store,
+                    on_event=recorder.dhcp if recorder is not None else None,
+                ),
             )
+            if recorder is not None and services.dhcp.responder is not None:
+                recorder.pool = services.dhcp.responder.pool
             services._closers.append(_async(services.dhcp.close))
             log.info(
                 "DHCP (%s) on port %d%s",
@@ -152,6 +178,7 @@ async def start_services(settings: Settings, booter: Booter | None = None) -> Se
                 f" and {settings.proxy_port}" if settings.dhcp_mode is DhcpMode.PROXY else "",
             )
         await _start_api(settings, services, bind)
+        services.metrics.watch(services)
     except BaseException:
         await services.close()
         raise
@@ -196,6 +223,9 @@ async def _open_store(settings: Settings, services: Services) -> None:
         ) from None
     services.store = store
     services._closers.append(_async(store.close))
+    store.observers.append(services.metrics.observe_history)
+    if settings.timeline:
+        store.observers.append(HistoryRecorder(services.timeline, store))
 
 
 async def _start_conductor(settings: Settings, services: Services) -> None:
@@ -238,7 +268,10 @@ async def _start_api(settings: Settings, services: Services, bind: str) -> None:
                 "(fix --data-dir, or run with --api-auth noauth on a trusted network)"
             ) from None
         htpasswd = Htpasswd(data_dir / HTPASSWD_FILE)
-    ctx = ApiContext(store, conductor, htpasswd, timeline=services.timeline)
+    ctx = ApiContext(
+        store, conductor, htpasswd, timeline=services.timeline, metrics=services.metrics
+    )
+    ctx.record_agent = settings.timeline
     services._closers.append(_async(ctx.close))
     services.api = await _start("API", settings.api_port, start_api(ctx, bind, settings.api_port))
     services._closers.append(_async(services.api.close))
