@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from click.testing import CliRunner, Result
 
 from pxeforge.api.doctor import read_arp
 from pxeforge.cli.doctor import EXIT_ERRORS, doctor
+from pxeforge.config import Settings
 from pxeforge.timeline import Timeline
 
 from .conftest import LiveApi
@@ -116,6 +118,43 @@ def test_a_mac_the_agent_taught_the_timeline_counts_for_its_node(api: LiveApi) -
     assert doc["node"]["name"] == "n2" and doc["macs"] == sorted([KNOWN, STRANGER])
     everything = api.get("/v1/doctor").json
     assert [m["node"]["name"] for m in everything["machines"]] == ["n2"]
+
+
+def test_tftp_client_known_by_address_joins_its_mac_through_the_arp_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another DHCP server gave the address: the TFTP events sit under ``ip:<address>`` until
+    the kernel's ARP table names the MAC (and the other server, by its MAC)."""
+    settings = Settings(address=IPv4Address("10.213.0.1"))
+    api = LiveApi(f"sqlite:///{tmp_path / 'x.db'}", settings=settings).start()
+    try:
+        _arp_join(api, tmp_path, monkeypatch)
+    finally:
+        api.close()
+
+
+def _arp_join(api: LiveApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    arp = tmp_path / "arp"
+    arp.write_text(
+        "IP address       HW type     Flags       HW address            Mask     Device\n"
+        f"10.213.0.57      0x1         0x2         {STRANGER}     *        br0\n"
+        "10.213.0.2       0x1         0x2         02:00:00:00:00:99     *        br0\n"
+    )
+    monkeypatch.setattr("pxeforge.api.doctor.ARP_TABLE", arp)
+    tl = api.ctx.timeline
+    pxe_discover(tl, STRANGER, time.time() - 9)
+    tl.record("dhcp", "request", "REQUEST", mac=STRANGER, data={"arch": 7, "server": "10.213.0.2"})
+    tl.record("tftp", "started", "TFTP pxelinux.0 started", mac="ip:10.213.0.57",
+              data={"file": "pxelinux.0", "bytes": 42000, "ip": "10.213.0.57"})  # fmt: skip
+    doc = api.get(f"/v1/nodes/{STRANGER}/doctor").json
+    assert doc["events"] == 3
+    codes = {f["code"] for f in doc["findings"]}
+    assert {"loader-mismatch", "other-dhcp-server", "unknown-machine"} <= codes
+    mismatch = next(f for f in doc["findings"] if f["code"] == "loader-mismatch")
+    assert "another server, 10.213.0.2 (MAC 02:00:00:00:00:99)" in mismatch["what"]
+    everything = api.get("/v1/doctor").json
+    assert [m["macs"] for m in everything["machines"]] == [[STRANGER]]
+    assert everything["machines"][0]["events"] == 3
 
 
 def test_unknown_node_is_404_with_ironic_error_body(api: LiveApi) -> None:

@@ -127,7 +127,7 @@ def test_another_server_answering_a_machine_pxeforge_ignores() -> None:
     c.at(0, "dhcp", "discover", arch=7)
     c.at(0.01, "dhcp", "ignored", why="not-for-us")
     c.at(3, "dhcp", "request", arch=7, server=ROGUE)
-    c.at(3.01, "dhcp", "ignored", why="not-for-us")
+    c.at(3.01, "dhcp", "ignored", why="chose another server")  # what `recording` files
     found = diagnose(None, c.events(), T0 + 30, macs=[MAC], context=CTX)
     f = only(found, "other-dhcp-server")
     assert "the client took the offer of 10.213.0.2" in f.what
@@ -320,13 +320,15 @@ def test_a_few_retransmits_and_a_size_probe_are_normal() -> None:
     c = Clock()
     c.at(0, "tftp", "started", file="bootx64.efi", bytes=950_000, blksize=1468, windowsize=4)
     c.at(0.1, "tftp", "aborted", file="bootx64.efi", bytes=0, error="client: ERROR 8")
+    c.at(0.15, "tftp", "aborted", file="bootx64.efi", bytes=5872, outcome="probed")
     c.at(0.2, "tftp", "started", file="bootx64.efi", bytes=950_000, blksize=1468)
     c.at(1, "tftp", "finished", file="bootx64.efi", bytes=950_000, retransmits=12)
     assert (
         diagnose(None, c.events(), T0 + 9, context=dataclasses.replace(CTX, inventory=False)) == []
     )
     c.at(2, "tftp", "started", file="grubx64.efi", bytes=2_000_000, blksize=512)
-    c.at(3, "tftp", "aborted", file="grubx64.efi", bytes=600_000, error="client: ERROR 0")
+    c.at(3, "tftp", "aborted", file="grubx64.efi", bytes=600_000, error="client: ERROR 0",
+         outcome="client_error")  # fmt: skip
     f = only(diagnose(None, c.events(), T0 + 9, context=CTX), "transfer-aborted")
     assert "after 600.0 kB" in f.what
 
@@ -537,3 +539,12 @@ def test_a_heartbeat_that_moved_provision_updated_at_is_not_a_boot_that_never_be
     found = diagnose(node, [], T0 + 1000, macs=[MAC], context=CTX)
     assert codes(found) == ["heartbeats-stopped"]
     assert found[0].evidence[0].what == "node record: agent_last_heartbeat"
+
+
+def test_a_client_known_by_its_address_only_is_no_unknown_machine() -> None:
+    c = Clock()
+    c.at(0, "tftp", "refused", mac="ip:10.213.0.57", file="pxelinux.0", error="File not found",
+         ip="10.213.0.57")  # fmt: skip
+    found = diagnose(None, c.events("ip:10.213.0.57"), T0 + 9, macs=["ip:10.213.0.57"],
+                     context=CTX)  # fmt: skip
+    assert codes(found) == ["boot-file-not-found"]

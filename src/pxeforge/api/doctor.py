@@ -45,11 +45,12 @@ from pxeforge.inventory.records import NodeRecord
 from pxeforge.inventory.store import MAX_LIMIT
 from pxeforge.timeline import Event
 
-__all__ = ["ROUTES", "install", "machine_view", "read_arp"]
+__all__ = ["ARP_TABLE", "IP_KEY", "ROUTES", "install", "machine_view", "read_arp"]
 
 ROUTES = web.RouteTableDef()
 
 ARP_TABLE: Final = Path("/proc/net/arp")
+IP_KEY: Final = "ip:"  # `pxeforge.recording`: the timeline key of a client known by address
 _NODE_FIELDS: Final = (
     "uuid",
     "name",
@@ -67,10 +68,11 @@ def install(ctx: ApiContext) -> list[web.AbstractRouteDef]:
     return list(ROUTES)
 
 
-def read_arp(path: Path = ARP_TABLE) -> dict[str, str]:
-    """IPv4 address → MAC of the complete entries of a ``/proc/net/arp``-style table."""
+def read_arp(path: Path | None = None) -> dict[str, str]:
+    """IPv4 address → MAC of the complete entries of a ``/proc/net/arp``-style table
+    (`ARP_TABLE` by default)."""
     try:
-        lines = path.read_text().splitlines()[1:]
+        lines = (path or ARP_TABLE).read_text().splitlines()[1:]
     except OSError:
         return {}
     out: dict[str, str] = {}
@@ -119,7 +121,15 @@ class _Doctor:
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
         self.now = time.time()
-        self.context = Context.from_settings(_settings(ctx), neighbors=read_arp())
+        self.arp = read_arp()
+        self.context = Context.from_settings(_settings(ctx), neighbors=self.arp)
+
+    def _ip_keys(self, macs: Iterable[str]) -> list[str]:
+        """The ``ip:`` timeline keys (TFTP/HTTP clients whose address another DHCP server gave)
+        that the ARP table says belong to one of ``macs``."""
+        wanted = set(macs)
+        keys = [IP_KEY + ip for ip, mac in self.arp.items() if mac in wanted]
+        return [k for k in keys if self.ctx.timeline.last(k) is not None]
 
     def _macs_of(self, node: NodeRecord, ports: Iterable[str]) -> set[str]:
         macs = {m.lower() for m in ports}
@@ -129,12 +139,12 @@ class _Doctor:
         return macs
 
     def node(self, node: NodeRecord, macs: set[str]) -> dict[str, Any]:
-        events = self.ctx.timeline.events([*macs, node.uuid])
+        events = self.ctx.timeline.events([*macs, *self._ip_keys(macs), node.uuid])
         found = diagnose(node, events, self.now, macs=sorted(macs), context=self.context)
         return machine_view(node, macs, events, found)
 
     def unknown(self, mac: str) -> dict[str, Any]:
-        events = self.ctx.timeline.events([mac])
+        events = self.ctx.timeline.events([mac, *self._ip_keys([mac])])
         found = diagnose(None, events, self.now, macs=[mac], context=self.context)
         return machine_view(None, [mac], events, found)
 
@@ -169,11 +179,20 @@ class _Doctor:
         }
         unknown: list[str] = []
         for s in summaries:
-            owner = owners.get(s.key) or s.node
+            key = s.key
+            if key.startswith(IP_KEY):
+                mac = self.arp.get(key[len(IP_KEY) :])
+                if mac is not None and any(t.key == mac for t in summaries):
+                    continue  # joined to its MAC's machine (`_ip_keys`)
+                owner = (owners.get(mac) or store.port_owners([mac]).get(mac)) if mac else None
+                if owner in by_uuid:
+                    continue  # joined to its node (`_ip_keys`)
+                key = mac or key
+            owner = owners.get(key) or s.node
             if owner in by_uuid:
-                macs[owner].add(s.key)
-            else:
-                unknown.append(s.key)
+                macs[owner].add(key)
+            elif key not in unknown:
+                unknown.append(key)
         machines = [self.node(n, macs[n.uuid]) for n in nodes]
         machines += [self.unknown(mac) for mac in unknown]
         sick = [m for m in machines if m["findings"]]

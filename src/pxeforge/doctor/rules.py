@@ -49,6 +49,7 @@ the agent takes 30–60 s; real servers POST for minutes)."""
 AGENT_PATIENCE: Final = 180.0
 """Seconds from the ramdisk's download to the agent's lookup before that counts as never."""
 _EVIDENCE_MAX: Final = 8
+IP_KEY: Final = "ip:"  # `pxeforge.recording`: the key of a client known by its address only
 _SLACK: Final = 5.0  # seconds: a record's timestamp and the event that moved it differ a bit
 _LOADER_KINDS: Final = frozenset(
     {
@@ -60,6 +61,7 @@ _LOADER_KINDS: Final = frozenset(
         FileKind.EFI_ARM32,
     }
 )
+_CHOSE_ANOTHER: Final = "chose another server"  # `recording`: a REQUEST for another server
 _CLIENT_KINDS: Final = frozenset({"discover", "request", "inform", "release", "decline"})
 _INSTALLER_DEPLOYS: Final = frozenset({"kickstart", "anaconda"})
 _RECOVERY: Final[dict[str, str]] = {
@@ -210,8 +212,9 @@ def other_dhcp_server(s: Subject) -> Iterable[Finding]:
         )
     else:
         what = f"another DHCP server is answering: the client took the offer of {servers}; {named}"
-        if ignored:
-            why = ignored[-1].data.get("why") or ignored[-1].summary
+        refused = [e for e in ignored if e.data.get("why") != _CHOSE_ANOTHER]
+        if refused:
+            why = refused[-1].data.get("why") or refused[-1].summary
             what += f"; pxeforge did not answer it ({why})"
     todo = (
         f"find {servers}, the other server, and switch it off, or keep it from answering this "
@@ -481,8 +484,10 @@ def transfers(s: Subject) -> Iterable[Finding]:
     for e in s.of("tftp", "aborted"):
         size = int(e.data.get("bytes") or 0)
         base = _base(_file(e))
-        if size == 0 or any(
-            _fetched(o) and _base(_file(o)) == base and o.seq > e.seq for o in s.events
+        if (
+            size == 0
+            or e.data.get("outcome") == "probed"
+            or any(_fetched(o) and _base(_file(o)) == base and o.seq > e.seq for o in s.events)
         ):
             continue  # a size probe (OVMF aborts right after the OACK), or it worked later
         yield Finding(
@@ -531,6 +536,8 @@ def unknown_machine(s: Subject) -> Iterable[Finding]:
     """A MAC that network-boots and no port names, while boots follow the inventory."""
     if s.node is not None or not s.context.inventory or not s.events:
         return
+    if s.mac is not None and s.mac.startswith(IP_KEY):
+        return  # a client known by its address only: we cannot tell which machine it is
     dhcp = [e for e in s.of("dhcp") if e.kind in _CLIENT_KINDS]
     netboot = any(
         e.data.get("arch") is not None
