@@ -21,7 +21,8 @@ both (the agent's lookup, a transition of a node with ports) teaches it which no
 belongs to (`Timeline.node_of`); the API joins the rest with the node's ports, and a MAC that no
 port names is an **unknown machine** — the first thing an operator needs to see.
 
-Vocabulary (``source`` / ``kind``) — the contract the doctor, the dashboard and the metrics read:
+Vocabulary (``source`` / ``kind``) — the contract the doctor, the dashboard and the metrics read
+(`pxeforge.recording` writes it):
 
 ========  ====================================================================================
 source    kinds (``data`` keys)
@@ -29,16 +30,27 @@ source    kinds (``data`` keys)
 dhcp      ``discover``/``request``/``inform``/``release``/``decline`` seen (``type``, ``arch``,
           ``vendor_class``, ``user_class``, ``ipxe``, ``server`` for a REQUEST's server id), and
           the decision: ``offer``/``ack`` (``ip``, ``loader``, ``next_server``, ``proxy``),
-          ``nak``, ``ignored`` (``why``), ``no-address``, ``released``, ``declined``
+          ``nak``, ``ignored`` (``why``: ``not-for-us``, ``chose another server``…),
+          ``no-address``, ``released``, ``declined``
 tftp      ``started`` (``file``, ``bytes`` = size, ``blksize``, ``windowsize``), ``finished``
           / ``failed`` / ``aborted`` (``file``, ``bytes``, ``seconds``, ``retransmits``,
-          ``error``), ``refused`` (``file``, ``error``: not found, access violation…)
-http      ``fetched`` (``path``, ``status``, ``bytes``, ``seconds``), ``not-found`` (``path``)
-agent     ``lookup`` (``found``), ``heartbeat`` (``version``, ``status_message``),
-          ``inventory``, ``command`` (``name``, ``status``, ``error``), ``refused`` (``why``)
-power     ``on``/``off``/``reboot``/``boot-device`` (``result``, ``error``)
-state     ``transition`` (``from``, ``to``, ``event``, ``last_error``)
+          ``error``, ``outcome``), ``refused`` (``file``, ``error``: not found, access
+          violation…); all with ``client`` (address:port)
+http      ``fetched`` (``path``, ``status``, ``bytes``, ``seconds``), ``not-found`` (``path``);
+          both with ``method`` and ``client``
+agent     ``lookup`` (``found``, ``addresses``), ``heartbeat`` (``version``,
+          ``status_message``), ``inventory`` (``interfaces``: MACs), ``command`` (``name``,
+          ``status``, ``error``), ``refused`` (``why``, ``call``, ``status``)
+power     ``on``/``off``/``reboot``/``boot-device`` (``result``, ``error``; ``from`` and
+          ``asked`` for on/off/reboot)
+state     ``transition`` (``from``, ``to``, ``event``, ``last_error``,
+          ``seconds_in_state``), ``note`` (``text``, ``type``, ``severity``: any other node
+          history record — maintenance, a driver's note, an auto-enrolment)
 ========  ====================================================================================
+
+Keys: besides MACs and node UUIDs, a TFTP/HTTP client whose address no DHCP exchange of ours
+maps to a MAC (DHCP off, or another server's lease) is keyed ``ip:<address>`` — in the event's
+``mac`` field, with ``data["ip"]``; it is listed among the unknown machines like a MAC.
 
 ``level`` is ``info``, ``warning`` (worth a look: a retransmit storm, a refused file) or
 ``error`` (a failure: ``deploy failed``, a transfer that failed).
