@@ -31,9 +31,9 @@ import struct
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["collect", "read_network_file", "override_mac"]
+__all__ = ["SKIP_DISKS", "collect", "disk_entry", "override_mac", "read_network_file"]
 
-_SKIP_DISKS: Final = re.compile(r"^(loop|ram|zram|fd|sr|nbd|md\d+p)")
+SKIP_DISKS: Final = re.compile(r"^(loop|ram|zram|fd|sr|nbd|md\d+p)")
 _HCTL: Final = re.compile(r"^\d+:\d+:\d+:\d+$")
 _ARPHRD_ETHER: Final = "1"
 _SIOCGIFADDR: Final = 0x8915
@@ -157,7 +157,8 @@ def _tran(name: str, udev: dict[str, str], device: Path) -> str | None:
     return None
 
 
-def _disk(root: Path, entry: Path) -> dict[str, Any] | None:
+def disk_entry(root: Path, entry: Path) -> dict[str, Any] | None:
+    """IPA's disk record for ``/sys/block/<name>`` (``entry``); None for an empty device."""
     name = entry.name
     sectors = _int(_read(entry / "size"))
     if not sectors:
@@ -207,9 +208,9 @@ def _disks(root: Path) -> list[dict[str, Any]]:
         return []
     disks = []
     for entry in entries:
-        if _SKIP_DISKS.match(entry.name):
+        if SKIP_DISKS.match(entry.name):
             continue
-        disk = _disk(root, entry)
+        disk = disk_entry(root, entry)
         if disk is not None:
             disks.append(disk)
     return disks
