@@ -68,6 +68,13 @@ class _ImageHandler(SimpleHTTPRequestHandler):
             self.wfile.write(data)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that hang up early (refused images) are part of the tests
+
+
 class ImageServer:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -76,8 +83,7 @@ class ImageServer:
         def make(*args: Any, **kw: Any) -> _ImageHandler:
             return handler(*args, directory=str(directory), **kw)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), make)
-        self.httpd.daemon_threads = True
+        self.httpd = _QuietServer(("127.0.0.1", 0), make)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
