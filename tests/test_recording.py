@@ -52,7 +52,7 @@ def test_dhcp_event_carries_the_requests_options_and_both_records() -> None:
     assert event == DhcpEvent(MAC, "REQUEST", "ack", IPv4Address("10.0.0.100"), 7, "snponly.efi")
     assert (event.arch, event.ipxe, event.server) == (7, True, "10.0.0.1")
     assert (event.vendor_class, event.user_class) == ("PXEClient:Arch:00007:UNDI:003016", "iPXE")
-    seen, ack = dhcp_records(event, SERVER)
+    seen, ack = dhcp_records(event, "10.0.0.1")
     assert (seen.source, seen.kind) == ("dhcp", "request")
     assert seen.data == {
         "type": "REQUEST",
@@ -75,7 +75,7 @@ def test_dhcp_event_carries_the_requests_options_and_both_records() -> None:
 def test_dhcp_decisions_map_to_the_vocabulary() -> None:
     def decided(outcome: str, ip: str | None = None, loader: str | None = None) -> tuple[str, ...]:
         event = DhcpEvent(MAC, "DISCOVER", outcome, IPv4Address(ip) if ip else None, 0, loader)
-        record = dhcp_records(event, SERVER)[1]
+        record = dhcp_records(event, "10.0.0.1")[1]
         return record.kind, record.level, str(record.data.get("why") or record.data.get("ip"))
 
     assert decided("proxy-offer", None, "pxelinux.0")[:2] == ("offer", "info")
@@ -85,9 +85,9 @@ def test_dhcp_decisions_map_to_the_vocabulary() -> None:
     assert decided("no-address")[:2] == ("no-address", "error")
     assert decided("declined", "10.0.0.9") == ("declined", "warning", "10.0.0.9")
     assert decided("released", "10.0.0.9") == ("released", "info", "10.0.0.9")
-    proxy = dhcp_records(DhcpEvent(MAC, "REQUEST", "proxy-ack", None, 0, "x.efi"), SERVER)[1]
+    proxy = dhcp_records(DhcpEvent(MAC, "REQUEST", "proxy-ack", None, 0, "x.efi"), "10.0.0.1")[1]
     assert proxy.data["proxy"] is True and proxy.summary.startswith("ProxyDHCP ACK")
-    no_boot = dhcp_records(DhcpEvent(MAC, "REQUEST", "ack", SERVER, 0, None), SERVER)[1]
+    no_boot = dhcp_records(DhcpEvent(MAC, "REQUEST", "ack", SERVER, 0, None), "10.0.0.1")[1]
     assert no_boot.data["next_server"] is None and "no boot file" in no_boot.summary
 
 
