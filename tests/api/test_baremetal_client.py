@@ -63,6 +63,7 @@ class Serve:
             "--root", str(root),
             "--data-dir", str(tmp / "data"),
             "--kernel", str(tmp / "vmlinuz"),
+            "--no-automated-clean",  # no agent ramdisk here
         ]  # fmt: skip
         if db_url is not None:
             args += ["--db", db_url]
@@ -205,6 +206,8 @@ def test_baremetal_drives_the_lifecycle(served: Serve) -> None:
     served.wait_for("bm1", "provision_state", "available")
 
     # deploy waits for the installer's call-back (the kickstart issue completes it)
+    for item in ("deploy_interface=kickstart", "kernel=k", "ramdisk=r"):
+        bm("node", "set", "bm1", "--instance-info", item)
     bm("node", "deploy", "bm1")
     served.wait_for("bm1", "provision_state", "wait call-back")
     node = served.api("/v1/nodes/bm1")

@@ -11,9 +11,13 @@ from pxeforge.drivers.base import BootDevice, BootSetting, PowerState
 
 from .conftest import LiveApi
 
+KICKSTART = {"deploy_interface": "kickstart", "kernel": "k", "ramdisk": "r"}
+"""instance_info of an installer deploy: needs no image and no agent ramdisk."""
+
 
 def new_node(api: LiveApi, **fields: Any) -> str:
-    reply = api.post("/v1/nodes", {"driver": "fake-hardware", **fields})
+    """A fake-hardware node; automated cleaning off (no agent ramdisk in these tests)."""
+    reply = api.post("/v1/nodes", {"driver": "fake-hardware", "automated_clean": False, **fields})
     assert reply.status == 201, reply.raw
     uuid: str = reply.json["uuid"]
     return uuid
@@ -32,7 +36,7 @@ def events(api: LiveApi, uuid: str) -> list[str]:
 
 
 def test_full_lifecycle(api: LiveApi) -> None:
-    uuid = new_node(api, driver_info={"fake_id": "m1"})
+    uuid = new_node(api, driver_info={"fake_id": "m1"}, instance_info=KICKSTART)
     node = verb(api, uuid, "manage")
     assert (node["provision_state"], node["power_state"]) == ("manageable", "power off")
     node = verb(api, uuid, "provide")
@@ -232,7 +236,7 @@ def test_wait_states_time_out(tmp_path: Path) -> None:
     settings = Settings(deploy_callback_timeout=0.5, check_provision_state_interval=0.2)
     api = LiveApi(f"sqlite:///{tmp_path / 'db.sqlite'}", settings=settings).start()
     try:
-        uuid = new_node(api)
+        uuid = new_node(api, instance_info=KICKSTART)
         for target in ("manage", "provide", "deploy"):
             verb(api, uuid, target)
         deadline = time.monotonic() + 10

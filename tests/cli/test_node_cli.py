@@ -41,6 +41,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             "--api-port", str(api_port),
             "--root", str(tmp_path / "root"),
             "--data-dir", str(data),
+            "--no-automated-clean",  # no agent ramdisk here
             "--kernel", str(tmp_path / "vmlinuz"),
         ],
         stdout=log,
@@ -100,6 +101,8 @@ def test_node_cli(server: tuple[str, Path]) -> None:
     assert "manageable" in waited.output
     run(server, "provide", "c1", "--wait")
     assert show(server, "c1")["provision_state"] == "available"
+    run(server, "set", "c1", "--instance-info", "deploy_interface=kickstart",
+        "--instance-info", "kernel=k", "--instance-info", "ramdisk=r")  # fmt: skip
     run(server, "deploy", "c1")  # waits for the installer's call-back: no --wait here
     deadline = time.monotonic() + 20
     while show(server, "c1")["provision_state"] != "wait call-back":
@@ -136,7 +139,9 @@ def test_wait_fails_on_bad_credentials(server: tuple[str, Path]) -> None:
     run(server, "create", "--driver", "fake-hardware", "--name", "d1")
     run(server, "manage", "d1", "--wait")
     run(server, "provide", "d1", "--wait")
-    run(server, "set", "d1", "--driver-info", "fake_fail=BMC on fire")
+    run(server, "set", "d1", "--driver-info", "fake_fail=BMC on fire", "--instance-info",
+        "deploy_interface=kickstart", "--instance-info", "kernel=k", "--instance-info",
+        "ramdisk=r")  # fmt: skip
     result = run(server, "deploy", "d1", "--wait", "--timeout", "30", code=1)
     assert "BMC on fire" in result.output and "deploy failed" in result.output
 

@@ -44,13 +44,17 @@ class Drivers:
         raise UnknownDriver(name)
 
 
+KICKSTART = {"deploy_interface": "kickstart", "kernel": "k", "ramdisk": "r"}
+"""instance_info of an installer deploy: needs no image and no agent ramdisk."""
+
+
 def conductor(store: Store, **settings: float) -> Conductor:
     return Conductor(store, Drivers(), holder="c1", settings=Settings(**settings))  # type: ignore[arg-type]
 
 
 def test_driver_failure_during_work_fails_the_step(store: Store) -> None:
     c = conductor(store)
-    node = store.create_node("fake-hardware", provision_state="available")
+    node = store.create_node("fake-hardware", provision_state="available", instance_info=KICKSTART)
     store.update_node(node.uuid, {"driver_info": {"fake_fail": "BMC on fire"}})
     after = c.provision_sync(node.uuid, "deploy")
     assert after.provision_state == "deploying"
@@ -93,7 +97,8 @@ def test_workers_are_bounded(store: Store) -> None:
 
 def test_manual_management_notes_go_to_history(store: Store) -> None:
     c = conductor(store)
-    node = store.create_node("manual-management", provision_state="available")
+    node = store.create_node("manual-management", provision_state="available",
+                             instance_info=KICKSTART)  # fmt: skip
     c.provision_sync(node.uuid, "deploy")
     c.wait_idle()
     assert store.get_node(node.uuid).provision_state == "wait call-back"

@@ -38,7 +38,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 class Rig:
     def __init__(self, store: Store, **settings: float) -> None:
         self.store = store
-        self.settings = Settings(boot_cache_ttl=60.0, **settings)  # type: ignore[arg-type]
+        self.settings = Settings(boot_cache_ttl=60.0, automated_clean=False,
+                                 **settings)  # type: ignore[arg-type]  # fmt: skip
         self.conductor = Conductor(store, holder="c1", settings=self.settings)
         self.booter = InventoryBooter(store, self.settings)
         self.service = InstallerService(

@@ -77,6 +77,7 @@ class Serve:
             "--api-auth", "noauth",
             "--root", str(root),
             "--data-dir", str(tmp / "data"),
+            "--no-automated-clean",  # kickstart deploys: no agent ramdisk to clean with
         ]  # fmt: skip
         if db_url is not None:
             args += ["--db", db_url]

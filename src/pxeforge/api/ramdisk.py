@@ -18,8 +18,12 @@ Theory of operation (Ironic's ``api/controllers/v1/ramdisk.py`` and the agent-to
   ``agent_url`` already recorded, if any; a missing token and a wrong one are refused with
   **400** — Ironic answers both with ``InvalidParameterValue`` (API: "Agent token is
   required for heartbeat processing."; conductor: "Invalid or missing agent token
-  received."), not 401/403. Accepted heartbeats record ``agent_url``, ``agent_version`` and
-  ``agent_last_heartbeat``.
+  received."), not 401/403. Accepted heartbeats record ``agent_url``, ``agent_version``,
+  ``agent_last_heartbeat`` and the agent's progress (``agent_status_message``, e.g.
+  ``"prepare_image: 120.0/512.0 MiB written (23 %)"``), refresh ``provision_updated_at`` in
+  ``wait call-back``/``clean wait`` (the wait timeout counts silence, not work), and hand the
+  node to the conductor (`Conductor.agent_heartbeat`: a worker calls the agent back, under the
+  node's lock — the 202 does not wait for it; 503 when no worker is free).
 * ``POST /v1/continue_inspection[?node_uuid=]`` (202): the body needs
   ``inventory.interfaces[].mac_address``; the node is found by node_uuid or MACs (unknown
   machine: 404 — discovery is not enabled), and the conductor takes it from ``inspect wait``
@@ -44,6 +48,7 @@ from aiohttp import web
 
 from pxeforge.api.app import API_CONTEXT, ApiContext
 from pxeforge.api.errors import BadRequest, NotFound
+from pxeforge.conductor.agent_deploy import AGENT_WAIT_STATES, PERMITTED_FORMATS
 from pxeforge.inventory.errors import NodeNotFound
 from pxeforge.inventory.records import NodeRecord
 from pxeforge.inventory.states import INSPECTING, INSPECTWAIT, LOOKUP_ALLOWED_STATES
@@ -69,7 +74,7 @@ PUBLIC_PATHS: Final = frozenset({"/v1/lookup", "/v1/continue_inspection"})
 PUBLIC_PREFIXES: Final = ("/v1/heartbeat/",)
 _LOCK_ATTEMPTS: Final = 30
 _LOCK_INTERVAL: Final = 0.1
-_PERMITTED_FORMATS: Final = ("raw", "qcow2", "iso")
+_PERMITTED_FORMATS: Final = PERMITTED_FORMATS
 
 
 def install(ctx: ApiContext) -> list[web.AbstractRouteDef]:
@@ -222,7 +227,8 @@ async def heartbeat(request: web.Request) -> web.Response:
     ident = request.match_info["node"]
 
     def record() -> None:
-        store, holder = ctx.store, ctx.conductor.holder
+        conductor = ctx.conductor
+        store, holder = ctx.store, conductor.holder
         node = store.get_node(ident)
         with store.lock(node.uuid, holder, attempts=_LOCK_ATTEMPTS,
                         interval=_LOCK_INTERVAL) as node:  # fmt: skip
@@ -239,7 +245,13 @@ async def heartbeat(request: web.Request) -> web.Response:
             internal["agent_last_heartbeat"] = datetime.now(UTC).isoformat()
             if body.get("agent_version") is not None:
                 internal["agent_version"] = body["agent_version"]
-            store.update_node(node.id, {"driver_internal_info": internal}, holder=holder)
+            if body.get("agent_status_message") is not None:
+                internal["agent_status_message"] = body["agent_status_message"][:1000]
+            waiting = node.provision_state in AGENT_WAIT_STATES
+            store.update_node(node.id, {"driver_internal_info": internal}, holder=holder,
+                              touch_provisioning=waiting)  # fmt: skip
+            state = node.provision_state
+        conductor.agent_heartbeat(node.uuid, state)  # the lock is free again: a worker acts
 
     await ctx.run(record)
     return web.Response(status=202)

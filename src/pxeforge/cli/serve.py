@@ -244,6 +244,13 @@ async def _serve(settings: Settings, booter: Booter | None) -> None:
     help="Enroll unknown PXE clients as nodes (driver manual-management); off by default.",
 )
 @click.option(
+    "--automated-clean/--no-automated-clean",
+    "automated_clean",
+    default=None,
+    help="Clean nodes through the agent ramdisk on provide and after undeploy (default on; "
+    "a node's automated_clean field wins).",
+)
+@click.option(
     "--templates-dir",
     type=click.Path(path_type=Path),
     help="Installer templates (kickstart.ks.j2, preseed.cfg.j2, …) overriding the built-in.",

@@ -3,7 +3,8 @@
 Theory of operation (Ironic's ``conductor/manager.py`` and ``task_manager.py``, reshaped):
 
 * **A verb is answered fast.** `Conductor.provision` checks what can be checked at once (verb
-  known, parameters, maintenance, a free worker, the driver's ``driver_info``), then applies the
+  known, parameters, maintenance, a free worker, the driver's ``driver_info``, an image
+  deploy's ``instance_info`` and manual clean steps — `agent_deploy`), then applies the
   verb's event through `lifecycle.process_event` — lock, transition, save, history, unlock — and
   returns the node *already in its in-progress state* (``verifying``, ``deploying``…), which
   the API answers with 202. A refused verb is `InvalidTransition` (400, naming the allowed
@@ -15,17 +16,19 @@ Theory of operation (Ironic's ``conductor/manager.py`` and ``task_manager.py``, 
   produced, the driver's notes and ``last_error`` in one transaction. It continues while the
   new state has work too (``deleting`` → ``cleaning`` → ``available``). An exception from the
   driver is a ``fail`` with the error as ``last_error``.
-* **What each state does** (no agent ramdisk yet: the agent issue adds it):
+* **What each state does** (the agent ramdisk's part is `pxeforge.conductor.agent_deploy`):
 
   ===============  ==============================================================  ============
   state            work                                                            then
   ===============  ==============================================================  ============
   verifying        validate ``driver_info``, read the power state                  done / fail
-  cleaning         automated cleaning is off (no agent): nothing; manual steps     done / fail
-                   need the agent
+  cleaning         automated (provide, tear-down; `automated_clean_enabled`) or    wait / done
+                   manual (clean steps): boot the agent ramdisk; off / no steps:   / fail
+                   nothing to do; no ramdisk configured: fail
   inspecting       boot device pxe, power on (or reboot): the agent reports        wait
-  deploying        boot device pxe, power on (or reboot): the installer or agent   wait
-                   calls back
+  deploying        image deploy: boot the agent ramdisk (the verb checked the      wait / fail
+                   image); installer deploy: boot the installer with a callback
+                   token
   deleting         power off, forget the instance                                  clean
   adopting         validate, read the power state                                  done / fail
   rescuing         boot device pxe, power on (or reboot)                           wait
@@ -33,6 +36,13 @@ Theory of operation (Ironic's ``conductor/manager.py`` and ``task_manager.py``, 
   servicing        no service steps without the agent                              done / fail
   ===============  ==============================================================  ============
 
+  Booting a ramdisk forgets the previous agent (token, URL, command): the new one looks the
+  node up and gets a new token.
+* **Agent heartbeats** (`agent_heartbeat`, called by the API once it recorded one) are handed
+  to a worker that takes the node's lock and runs `AgentFlows.on_heartbeat`: in ``wait
+  call-back`` and ``clean wait`` it asks the agent about the command it started and moves the
+  node on (the table in `agent_deploy`). One worker per node at a time; a heartbeat arriving
+  meanwhile makes it look once more.
 * **Power and boot device** (`set_power_state`, `set_boot_device`) lock the node in the request
   (409 if someone holds it) and hand the lock to the worker, which releases it when the driver
   is done — Ironic's lock hand-over. Each power action is written to the node's history.
@@ -53,9 +63,18 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
+from pxeforge.conductor import agent_deploy
+from pxeforge.conductor.agent_deploy import (
+    AGENT_WAIT_STATES,
+    CLEAN_KEYS,
+    DEPLOY_RESULT,
+    AgentFlows,
+    automated_clean_enabled,
+    fresh_agent,
+)
+from pxeforge.conductor.step import Step
 from pxeforge.config import Settings
 from pxeforge.drivers.base import (
     BootDevice,
@@ -79,6 +98,7 @@ from pxeforge.inventory.records import NodeRecord
 from pxeforge.inventory.states import (
     ADOPTING,
     CLEANING,
+    CLEANWAIT,
     DELETING,
     DEPLOYING,
     DEPLOYWAIT,
@@ -164,16 +184,6 @@ class InstallerCallbackRefused(NodeNotFound):
         self.why = why
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
-    """How a piece of driver work ended: the event to apply and what to save with it."""
-
-    event: str
-    last_error: str | None = None
-    changes: Mapping[str, Any] = field(default_factory=dict)
-    notes: tuple[str, ...] = ()
-
-
 def default_drivers(name: str) -> Driver:
     """The driver registry's lookup (`pxeforge.drivers.registry.get_driver`)."""
     return get_driver(name)
@@ -228,6 +238,11 @@ class Conductor:
             UNRESCUING: self._unrescue,
             SERVICING: self._service,
         }
+        self._agent = AgentFlows(
+            store, holder=holder, settings=self.settings, driver=self._driver, finish=self._finish
+        )
+        self._agent_lock = threading.Lock()
+        self._agent_nodes: dict[str, bool] = {}  # node → heartbeat arrived while working
 
     # ---- life cycle -----------------------------------------------------------------------
 
@@ -389,6 +404,11 @@ class Conductor:
             self._driver(before).validate(before.driver_info)  # 400 before anything moves
         else:
             self._driver(before)  # unknown driver: 400
+        if event in (Event.DEPLOY, Event.REBUILD) and agent_deploy.is_agent_deploy(before):
+            agent_deploy.check_deploy(before, self.settings)  # 400: image, checksum, format
+        if event == Event.CLEAN and clean_steps:
+            clean_steps = agent_deploy.check_clean_steps(clean_steps)
+            agent_deploy.require_ramdisk(self.settings, "Manual cleaning")
         self._reserve_worker()
         spawned = False
         try:
@@ -499,23 +519,41 @@ class Conductor:
         return Step(Event.DONE, changes={"power_state": _power(state)})
 
     def _clean(self, node: NodeRecord) -> Step:
-        steps = node.driver_internal_info.get("clean_steps")
-        internal = {k: v for k, v in node.driver_internal_info.items() if k != "clean_steps"}
-        if steps:
+        """cleaning (from the verb or tear-down): boot the agent, or nothing to do."""
+        manual = node.target_provision_state == MANAGEABLE
+        steps = node.driver_internal_info.get("clean_steps") if manual else None
+        internal = fresh_agent(node.driver_internal_info, *CLEAN_KEYS)
+        if manual and not steps:
+            note = "Manual cleaning with no steps: nothing to do"
+            return Step(Event.MANAGE, changes={"driver_internal_info": internal}, notes=(note,))
+        if not manual and not automated_clean_enabled(node, self.settings):
+            why = "the node's automated_clean" if node.automated_clean is False else "settings"
+            note = f"Automated cleaning is disabled ({why}): nothing to clean"
+            return Step(Event.DONE, changes={"driver_internal_info": internal}, notes=(note,))
+        what = "Manual cleaning" if manual else "Automated cleaning"
+        try:
+            agent_deploy.require_ramdisk(self.settings, what)
+        except InvalidParameterValue as exc:
+            hint = (
+                ""
+                if manual
+                else " (or disable automated cleaning: automated_clean = false in the "
+                "settings, or the node's automated_clean field)"
+            )
             return Step(
                 Event.FAIL,
-                last_error=(
-                    f"Manual cleaning of node {node.uuid} failed: clean steps run in the agent "
-                    "ramdisk, which pxeforge does not provide yet"
-                ),
+                last_error=f"Cleaning node {node.uuid} failed: {exc}{hint}",
                 changes={"driver_internal_info": internal},
             )
-        note = (
-            "Automated cleaning is disabled (no agent ramdisk yet): nothing to clean"
-            if node.target_provision_state != MANAGEABLE
-            else "Manual cleaning with no steps: nothing to do"
+        if manual:
+            internal["clean_steps"] = steps
+        power, notes = self._boot_network(node)
+        notes.append(f"{what}: waiting for the agent ramdisk to call back")
+        return Step(
+            Event.WAIT,
+            changes={"power_state": power, "driver_internal_info": internal},
+            notes=tuple(notes),
         )
-        return Step(Event.DONE, changes={"driver_internal_info": internal}, notes=(note,))
 
     def _boot_network(self, node: NodeRecord) -> tuple[str | None, list[str]]:
         """Boot ``node`` from the network now: boot device pxe, then power on or reboot."""
@@ -535,15 +573,30 @@ class Conductor:
         return _power(after) if after is not None else POWER_ON, notes
 
     def _inspect(self, node: NodeRecord) -> Step:
+        internal = fresh_agent(node.driver_internal_info)  # the new ramdisk gets a new token
         power, notes = self._boot_network(node)
         notes.append("Waiting for the agent ramdisk to report the hardware inventory")
-        return Step(Event.WAIT, changes={"power_state": power}, notes=tuple(notes))
+        return Step(
+            Event.WAIT,
+            changes={"power_state": power, "driver_internal_info": internal},
+            notes=tuple(notes),
+        )
 
     def _deploy(self, node: NodeRecord) -> Step:
         if not is_installer_deploy(node):
+            # Image deploy: boot the agent; its heartbeats drive the rest (agent_heartbeat).
+            try:
+                agent_deploy.check_deploy(node, self.settings)
+            except InvalidParameterValue as exc:
+                return Step(Event.FAIL, last_error=f"Deploy of node {node.uuid} failed: {exc}")
+            internal = fresh_agent(node.driver_internal_info, DEPLOY_RESULT)
             power, notes = self._boot_network(node)
-            notes.append("Waiting for the installer or the agent ramdisk to call back")
-            return Step(Event.WAIT, changes={"power_state": power}, notes=tuple(notes))
+            notes.append("Waiting for the agent ramdisk to call back and write the image")
+            return Step(
+                Event.WAIT,
+                changes={"power_state": power, "driver_internal_info": internal},
+                notes=tuple(notes),
+            )
         # Installer deploy (kickstart / preseed / autoinstall): the boot plane serves the
         # installer while the node is deploying/wait call-back; its final callback must carry
         # this deploy's token (see installer_done_sync).
@@ -621,19 +674,27 @@ class Conductor:
         )
 
     def _rescue(self, node: NodeRecord) -> Step:
+        internal = fresh_agent(node.driver_internal_info)
         power, notes = self._boot_network(node)
         notes.append("Waiting for the rescue ramdisk to call back")
-        return Step(Event.WAIT, changes={"power_state": power}, notes=tuple(notes))
+        return Step(
+            Event.WAIT,
+            changes={"power_state": power, "driver_internal_info": internal},
+            notes=tuple(notes),
+        )
 
     def _tear_down(self, node: NodeRecord) -> Step:
         driver = self._driver(node)
         note = driver.set_power_state(node.driver_info, PowerState.POWER_OFF)
         state = driver.get_power_state(node.driver_info)
-        internal = {
-            k: v
-            for k, v in node.driver_internal_info.items()
-            if k not in ("deploy_steps", "clean_steps", "disable_ramdisk", KICKSTART_TOKEN)
-        }
+        internal = fresh_agent(
+            node.driver_internal_info,
+            "deploy_steps",
+            "disable_ramdisk",
+            KICKSTART_TOKEN,
+            DEPLOY_RESULT,
+            *CLEAN_KEYS,
+        )
         changes = {
             "power_state": _power(state) if state is not None else POWER_OFF,
             "instance_info": {},
@@ -672,6 +733,65 @@ class Conductor:
                 changes={"driver_internal_info": internal},
             )
         return Step(Event.DONE, changes={"driver_internal_info": internal})
+
+    # ---- the agent's heartbeats (image deploy and cleaning) ----------------------------------
+
+    def agent_heartbeat(self, node: str, state: str | None = None) -> None:
+        """The agent of ``node`` heartbeated (the API recorded it): act on it in a worker.
+
+        Returns at once. ``state`` is the node's state as the API saw it; heartbeats of nodes
+        in other states than ``wait call-back``/``clean wait`` need no work. A heartbeat that
+        arrives while a worker already works for the node makes that worker look once more
+        when it is done (the agent's "command ended" heartbeat is never lost). `NoFreeWorker`
+        (503) when every worker is busy: the agent retries."""
+        if state is not None and state not in AGENT_WAIT_STATES:
+            return
+        with self._agent_lock:
+            if node in self._agent_nodes:
+                self._agent_nodes[node] = True
+                return
+            self._reserve_worker()
+            self._agent_nodes[node] = False
+        try:
+            self._spawn(lambda: self._agent_worker(node))
+        except BaseException:
+            with self._agent_lock:
+                self._agent_nodes.pop(node, None)
+            raise
+
+    def _agent_worker(self, uuid: str) -> None:
+        try:
+            for _ in range(100):  # bounded: each round answers at least one heartbeat
+                try:
+                    with self.store.lock(
+                        uuid, self.holder, attempts=_LOCK_ATTEMPTS, interval=_LOCK_INTERVAL
+                    ) as node:
+                        self._agent_step(node)
+                except (NodeLocked, NodeNotFound) as exc:
+                    log.warning("node %s: heartbeat not processed: %s", uuid, exc)
+                with self._agent_lock:
+                    if not self._agent_nodes.get(uuid):
+                        return
+                    self._agent_nodes[uuid] = False
+        finally:
+            with self._agent_lock:
+                self._agent_nodes.pop(uuid, None)
+
+    def _agent_step(self, node: NodeRecord) -> None:
+        """One heartbeat's work on the locked ``node``; a bug fails the operation (logged)."""
+        try:
+            self._agent.on_heartbeat(node)
+        except Exception as exc:
+            log.exception("node %s: heartbeat processing failed", node.uuid)
+            current = self.store.get_node(node.id)
+            if current.provision_state in (DEPLOYING, DEPLOYWAIT, CLEANING, CLEANWAIT):
+                self._finish(
+                    current,
+                    Step(
+                        Event.FAIL,
+                        last_error=f"{current.provision_state} failed: {type(exc).__name__}: {exc}",
+                    ),
+                )
 
     # ---- inspection (the agent's POST /v1/continue_inspection) ------------------------------
 
@@ -877,11 +997,17 @@ class Conductor:
                 "reason": "Node has no PXE-enabled port: pxeforge cannot tell its DHCP "
                 "requests from other machines'",
             }
+        deploy: dict[str, Any] = {"result": True, "reason": None}
+        if agent_deploy.is_agent_deploy(record):
+            try:
+                agent_deploy.check_deploy(record, self.settings)
+            except InvalidParameterValue as exc:
+                deploy = {"result": False, "reason": str(exc)}
         return {
             "bios": dict(unsupported),
             "boot": boot,
             "console": dict(unsupported),
-            "deploy": {"result": True, "reason": None},
+            "deploy": deploy,
             "firmware": dict(unsupported),
             "inspect": {
                 "result": None,
