@@ -885,6 +885,9 @@ def create_app(
     from pxeforge.api import doctor  # GET /v1/doctor, /v1/nodes/{node}/doctor
 
     routes = [*routes, *doctor.install(ctx)]
+    from pxeforge.api import dashboard  # the HTML dashboard: /dashboard…
+
+    routes = [*routes, *dashboard.install(ctx, app)]
     app.router.add_routes(routes)
     # clients may add a trailing slash (python-ironicclient lists "/v1/ports/?node=…")
     app.router.add_routes([_slashed(r) for r in routes if _slashable(r)])
