@@ -4,7 +4,7 @@ qemu-img, and a GPT writer.
 * `image_server`: a real ``ThreadingHTTPServer`` on 127.0.0.1 serving a directory:
   ``/NAME`` with ``Content-Length``; ``/nolength/NAME`` without it (the body ends when the
   connection closes); ``/short/NAME`` announces the full length but sends half and closes;
-  ``/slow/NAME`` sends 1 MiB per 0.7 s.
+  ``/slow/NAME`` sends 1 MiB per second.
 * `loop_device`: ``losetup -f --show -P`` on a file of the asked size (root only; skipped
   otherwise), detached at the end even when the test fails.
 * `qemu_img`: the oracle of the qcow2 tests (Debian's qemu-utils, which scripts/setup.sh
@@ -63,7 +63,7 @@ class _ImageHandler(SimpleHTTPRequestHandler):
             for i in range(0, len(data), MIB):
                 self.wfile.write(data[i : i + MIB])
                 self.wfile.flush()
-                time.sleep(0.7)
+                time.sleep(1.0)
         else:
             self.wfile.write(data)
 

@@ -121,6 +121,7 @@ class ApiClient:
         callback_url: str,
         agent_token: str | None,
         agent_version: str | None = None,
+        agent_status_message: str | None = None,
     ) -> int:
         """``POST /v1/heartbeat/{node}``: the status (202)."""
         body: dict[str, Any] = {"callback_url": callback_url}
@@ -128,6 +129,8 @@ class ApiClient:
             body["agent_token"] = agent_token
         if agent_version is not None:
             body["agent_version"] = agent_version
+        if agent_status_message is not None:
+            body["agent_status_message"] = agent_status_message
         status, _ = self.request("POST", f"/v1/heartbeat/{urllib.parse.quote(node)}", body)
         return status
 
