@@ -184,25 +184,32 @@ def test_unknown_macs(api: LiveApi) -> None:
     timeline.record("dhcp", "ignored", "<i>no</i> such node", mac=STRANGER, level="warning")
     timeline.record("tftp", "refused", "other", mac="de:ad:be:ef:01:01")
     timeline.record("state", "transition", "node key, not a MAC", node=uuid)
+    timeline.record("tftp", "finished", "by IP", mac="ip:10.0.0.99")
 
     text = page(api, "/dashboard/unknown")
     found = rows(text, "data-mac")
-    assert list(found) == ["de:ad:be:ef:01:01", STRANGER]  # most recently active first
+    assert list(found) == ["ip:10.0.0.99", "de:ad:be:ef:01:01", STRANGER]  # newest first
     assert "&lt;i&gt;no&lt;/i&gt; such node" in text
     assert "2" in found[STRANGER].split() and "dhcp" in found[STRANGER]
     assert list(rows(page(api, "/dashboard/unknown?q=DE-AD-BE-EF-00"), "data-mac")) == [STRANGER]
-    assert list(rows(page(api, "/dashboard/unknown?limit=1"), "data-mac")) == ["de:ad:be:ef:01:01"]
-    assert "show more" in page(api, "/dashboard/unknown?limit=1")
+    assert list(rows(page(api, "/dashboard/unknown?limit=2"), "data-mac")) == [
+        "ip:10.0.0.99",
+        "de:ad:be:ef:01:01",
+    ]
+    assert "show more" in page(api, "/dashboard/unknown?limit=2")
+    assert list(rows(page(api, "/dashboard/unknown?q=ip:10."), "data-mac")) == ["ip:10.0.0.99"]
     assert "not (the start of) a MAC" in html.unescape(page(api, "/dashboard/unknown?q=zz", 400))
     # a port that appears makes the MAC known
     assert api.post("/v1/ports", {"address": STRANGER, "node_uuid": uuid}).status == 201
-    assert list(rows(page(api, "/dashboard/unknown"), "data-mac")) == ["de:ad:be:ef:01:01"]
+    assert STRANGER not in rows(page(api, "/dashboard/unknown"), "data-mac")
 
     mac_page = page(api, "/dashboard/macs/DE-AD-BE-EF-01-01")
     assert "baremetal port create de:ad:be:ef:01:01" in mac_page and "other" in mac_page
     reply = api.get(f"/dashboard/macs/{MAC1}", version=None)
     assert reply.status == 302 and reply.headers["Location"] == f"/dashboard/nodes/{uuid}"
     assert "not a MAC address" in html.unescape(page(api, "/dashboard/macs/xyz", 400))
+    assert "by IP" in page(api, "/dashboard/macs/ip:10.0.0.99")
+    assert "not a MAC address" in html.unescape(page(api, "/dashboard/macs/ip:10.0.0.999", 400))
 
 
 def test_static_files(api: LiveApi) -> None:
@@ -331,6 +338,9 @@ def test_stream_replays_then_follows(api: LiveApi) -> None:
         # one MAC
         async with sse(api, f"mac={MAC3.upper().replace(':', '-')}&since=0") as feed:
             assert (await feed.event())["summary"] == "not this node"
+        timeline.record("http", "fetched", "GET /boot.ipxe", mac="ip:10.0.0.7")
+        async with sse(api, "mac=ip:10.0.0.7") as feed:
+            assert (await feed.event())["summary"] == "GET /boot.ipxe"
 
     asyncio.run(scenario())
     for query, status in (

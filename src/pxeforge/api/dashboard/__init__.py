@@ -17,7 +17,8 @@ browser's prompt is the login; open with ``noauth``):
   history (newest `HISTORY_ROWS`) and inspection inventory.
 * ``/dashboard/unknown`` — MACs the services saw that no port names: the timeline's MACs, most
   recently active first, minus those a port owns (one query for the MACs on the page).
-* ``/dashboard/macs/{mac}`` — one MAC's live timeline (a node's MAC redirects to its node).
+* ``/dashboard/macs/{mac}`` — one MAC's live timeline (a node's MAC redirects to its node);
+  also ``ip:<address>`` keys, the clients TFTP or HTTP saw that no DHCP of ours explains.
 * ``/dashboard/events?node=…|mac=…[&since=epoch-seq]`` — the live feed (`stream`): server-sent
   events the pages' script (``static/dashboard.js``) adds to the timeline as they come.
 
@@ -33,6 +34,7 @@ Bad query parameters answer 400 and an unknown node 404, as small HTML pages.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 import uuid as uuidlib
@@ -53,6 +55,7 @@ from pxeforge.inventory.errors import NodeInventoryNotFound, NodeNotFound
 from pxeforge.inventory.records import HistoryRecord, NodeRecord
 from pxeforge.inventory.states import ALL_STATES
 from pxeforge.inventory.store import MAX_LIMIT
+from pxeforge.recording import IP_PREFIX
 from pxeforge.timeline import Event, KeySummary, Timeline
 
 __all__ = ["ROUTES", "install"]
@@ -359,11 +362,11 @@ async def node_page(request: web.Request) -> web.Response:
 # ---- unknown MACs ---------------------------------------------------------------------------
 
 
-def unknown_macs(ctx: ApiContext, prefix: str | None, limit: int) -> tuple[list[KeySummary], int]:
-    """The ``limit`` most recently active timeline MACs (starting with ``prefix``) that no
-    port names, and how many MACs the timeline holds that it does not know a node of.
+def unknown_macs(ctx: ApiContext, prefix: str | None, limit: int) -> list[KeySummary]:
+    """The ``limit`` most recently active timeline MACs (and ``ip:`` keys) starting with
+    ``prefix`` that no port names and the timeline has not tied to a node.
 
-    One store query per ``max(limit, 100)`` candidates; usually one."""
+    One store query per ``max(limit, 100)`` candidates, usually one."""
     candidates = [
         s
         for s in ctx.timeline.summaries()
@@ -373,17 +376,17 @@ def unknown_macs(ctx: ApiContext, prefix: str | None, limit: int) -> tuple[list[
     found: list[KeySummary] = []
     for start in range(0, len(candidates), chunk):
         part = candidates[start : start + chunk]
-        owned = ctx.store.port_owners(s.key for s in part)
+        owned = ctx.store.port_owners(s.key for s in part if not s.key.startswith(IP_PREFIX))
         found.extend(s for s in part if s.key not in owned)
         if len(found) >= limit:
             break
-    return found[:limit], len(candidates)
+    return found[:limit]
 
 
 def _build_unknown(ctx: ApiContext, prefix: str | None, limit: int) -> tuple[str, str]:
     timer = _Timer()
     now = time.time()
-    found, candidates = unknown_macs(ctx, prefix, limit)
+    found = unknown_macs(ctx, prefix, limit)
     rows = [
         {
             "mac": s.key,
@@ -403,7 +406,6 @@ def _build_unknown(ctx: ApiContext, prefix: str | None, limit: int) -> tuple[str
         rows=rows,
         prefix=prefix or "",
         limit=limit,
-        candidates=candidates,
         more_url="/dashboard/unknown?"
         + urlencode({"q": prefix or "", "limit": min(limit * 2, MAX_UNKNOWN)})
         if len(rows) == limit and limit < MAX_UNKNOWN
@@ -413,12 +415,22 @@ def _build_unknown(ctx: ApiContext, prefix: str | None, limit: int) -> tuple[str
 
 
 def _mac_prefix(value: str | None) -> str | None:
+    """The unknown page's filter: the start of a MAC (``-`` or ``:``) or of an ``ip:`` key."""
     text = (value or "").strip().lower().replace("-", ":")
     if not text:
         return None
-    if len(text) > 17 or any(c not in "0123456789abcdef:" for c in text):
+    if len(text) > 48 or any(c not in "0123456789abcdef:.ip" for c in text):
         raise PageError(400, f"{value!r} is not (the start of) a MAC address")
     return text
+
+
+def timeline_key(value: str) -> str:
+    """A MAC (any spelling) or an ``ip:<address>`` key (a client the services know by its
+    address only, `pxeforge.recording.ip_key`), as the timeline files it; `ValueError`."""
+    text = value.strip()
+    if text.lower().startswith(IP_PREFIX):
+        return IP_PREFIX + str(ipaddress.ip_address(text[len(IP_PREFIX) :]))
+    return normalize_mac(text)
 
 
 @ROUTES.get("/dashboard/unknown")
@@ -436,7 +448,7 @@ async def unknown_page(request: web.Request) -> web.Response:
 
 
 def _build_mac(ctx: ApiContext, mac: str) -> tuple[str, str] | str:
-    owners = ctx.store.port_owners([mac])
+    owners = ctx.store.port_owners([mac]) if not mac.startswith(IP_PREFIX) else {}
     if mac in owners:
         return owners[mac]
     timer = _Timer()
@@ -449,6 +461,7 @@ def _build_mac(ctx: ApiContext, mac: str) -> tuple[str, str] | str:
         title=mac,
         now=now,
         mac=mac,
+        by_ip=mac.startswith(IP_PREFIX),
         summary=summary,
         first=pages.clock(summary.first_at, date=True) if summary is not None else None,
         events=[pages.event_view(e) for e in reversed(events)],
@@ -462,7 +475,7 @@ def _build_mac(ctx: ApiContext, mac: str) -> tuple[str, str] | str:
 async def mac_page(request: web.Request) -> web.StreamResponse:
     ctx = _ctx(request)
     try:
-        mac = normalize_mac(request.match_info["mac"])
+        mac = timeline_key(request.match_info["mac"])
     except ValueError:
         return _error_page(400, f"{request.match_info['mac']!r} is not a MAC address")
     built = await ctx.run(_build_mac, ctx, mac)
@@ -496,7 +509,7 @@ async def events(request: web.Request) -> web.StreamResponse:
             raise PageError(400, f"Last-Event-ID and since: {exc}") from None
         if "mac" in params:
             try:
-                keys = [normalize_mac(params["mac"])]
+                keys = [timeline_key(params["mac"])]
             except ValueError:
                 raise PageError(400, f"{params['mac']!r} is not a MAC address") from None
         else:
