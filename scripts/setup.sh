@@ -13,7 +13,8 @@ want_test=0
 debs=(python3 python3-venv python3-pip ca-certificates iproute2 qemu-system-x86 ipxe-qemu ovmf
       pxelinux syslinux-common busybox-static cpio tcpdump)
 # Tests: real TFTP/DHCP/HTTP clients and the rpm tools that build fixtures.
-test_debs=(curl atftp tftp-hpa udhcpc isc-dhcp-client rpm postgresql openipmi ipmitool zstd xz-utils bzip2 lz4)
+test_debs=(curl atftp tftp-hpa udhcpc isc-dhcp-client rpm postgresql openipmi ipmitool zstd xz-utils bzip2 lz4
+           qemu-utils)  # qemu-img: the oracle of the agent's qcow2 tests
 [ $want_test = 1 ] && debs+=("${test_debs[@]}")
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
