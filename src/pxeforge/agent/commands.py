@@ -14,8 +14,9 @@ Theory of operation (ironic-python-agent's ``ExecuteCommandMixin``, reduced):
   error serialized (`errors.serialize_exception`); the runner itself never raises for it.
 * ``progress(text)`` lets a running command publish a one-line progress text
   (`CommandResult.progress`); `CommandRunner.status_message` is what the heartbeat carries as
-  ``agent_status_message``. ``on_end`` is called (in the command's thread) after each command
-  ends: the agent heartbeats at once.
+  ``agent_status_message``. ``on_start`` is called when an asynchronous command starts (the
+  agent's heartbeat loop shortens its wait to the progress interval) and ``on_end`` (in the
+  command's thread) after each command ends (the agent heartbeats at once).
 
 `CommandResult.serialize` is IPA's ``BaseCommandResult.serialize()``; ``command_name`` is the
 method name without its extension, as Ironic's ``agent_base`` expects.
