@@ -203,7 +203,7 @@ def test_patch_and_delete_refused_while_locked(api: LiveApi) -> None:
 
 
 def test_delete_only_in_allowed_states(api: LiveApi) -> None:
-    node = create(api)
+    node = create(api, automated_clean=False)  # no agent ramdisk to clean with here
     uuid = node["uuid"]
     for verb in ("manage", "provide"):
         assert api.put(f"/v1/nodes/{uuid}/states/provision", {"target": verb}).status == 202
