@@ -1,7 +1,8 @@
 """Image deploy and cleaning through the agent, end to end over HTTP: the live API and
 conductor (`LiveApi`), an agent serving the spec's ``/v1/commands`` on loopback
 (`agent_peer.AgentPeer`: looks up, heartbeats, really downloads, hashes and writes the image
-into a file standing for the disk), and the image served over HTTP.
+into a file standing for the disk), and the image served by pxeforge's own boot-plane HTTP
+server (``/images/<name>``, uploaded with ``PUT /v1/images/<name>``).
 
 Covers the spec's heartbeat table (docs/agent-protocol.md) — deploy with and without power
 control, automated and manual cleaning — and what goes wrong: wrong checksum, unreachable
@@ -11,20 +12,24 @@ progress, wait timeouts and an agent that dies.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pxeforge.boot.booter import StaticBooter
+from pxeforge.boot.clients import ClientRegistry
+from pxeforge.boot.resolve import BootFiles
 from pxeforge.config import Settings
 from pxeforge.drivers.base import BootDevice, BootSetting, PowerState
+from pxeforge.images import ImageStore
+from pxeforge.servers.http import start_http
 
 from .agent_peer import AgentPeer
 from .conftest import LiveApi
@@ -34,25 +39,32 @@ DISK = 8 * 1024 * 1024
 IMAGE = os.urandom(3 * 1024 * 1024 + 123)  # a "raw whole-disk image"
 
 
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def images(tmp_path: Path) -> Iterator[str]:
-    """An HTTP server for the test's images; yields its base URL."""
-    root = tmp_path / "served"
-    root.mkdir()
-    (root / "disk.raw").write_bytes(IMAGE)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    """pxeforge's boot-plane HTTP server for ``<data_dir>/images`` (``disk.raw`` stored);
+    yields the base URL of the images."""
+    store = ImageStore(tmp_path / "data" / "images")
+    upload = store.begin("disk.raw")
+    upload.write(IMAGE)
+    upload.commit()
+    (tmp_path / "vmlinuz").write_bytes(b"K")
+    booter = StaticBooter(tmp_path / "vmlinuz", [], "")
+    registry = ClientRegistry()
+    (tmp_path / "root").mkdir()
+    files = BootFiles(booter, tmp_path / "root", registry, http_base="http://unused")
+    loop = asyncio.new_event_loop()
+    server = loop.run_until_complete(
+        start_http("127.0.0.1", 0, files, booter=booter, registry=registry, images=store)
+    )
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://127.0.0.1:{server.port}/images"
     finally:
-        server.shutdown()
-        server.server_close()
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()
 
 
 def _settings(tmp_path: Path, **changes: Any) -> Settings:
@@ -179,7 +191,14 @@ def test_image_deploy_with_power_control(
     api = make_api(request.getfixturevalue("pg_url") if db == "postgresql" else None)
     uuid = new_node(api, properties={"root_device": {"size": ">= 1"}})
     available(api, uuid)
-    set_image(api, uuid, image_fields(images))
+    # the image as an operator stores it: PUT /v1/images/<name>, then its URL and sha256
+    reply = api.request("PUT", "/v1/images/uploaded.raw", raw=IMAGE,
+                        headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+    assert reply.status == 201, reply.raw
+    stored = reply.json
+    assert stored["url"].endswith("/images/uploaded.raw")
+    set_image(api, uuid, image_fields(images, image_source=f"{images}/uploaded.raw",
+                                      image_os_hash_value=stored["sha256"]))  # fmt: skip
     node = verb(api, uuid, "deploy")
     assert node["provision_state"] == "wait call-back"
     machine = api.fake.machines["m1"]

@@ -876,9 +876,9 @@ def create_app(
     """The API application; ``extra_routes`` (another issue's endpoints) come first."""
     app = web.Application(middlewares=[_errors, _negotiate, _auth], client_max_size=MAX_BODY)
     app[API_CONTEXT] = ctx
-    from pxeforge.api import ramdisk  # the agent's endpoints (it imports this module)
+    from pxeforge.api import images, ramdisk  # the agent's endpoints, images
 
-    routes = [*extra_routes, *ramdisk.install(ctx), *ROUTES]
+    routes = [*extra_routes, *ramdisk.install(ctx), *images.ROUTES, *ROUTES]
     from pxeforge.api import metrics, timeline  # the live timeline, /metrics
 
     routes = [*timeline.install(ctx, app), *metrics.install(ctx), *routes]

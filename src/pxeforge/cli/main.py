@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, str] = {
     "ramdisk": "pxeforge.cli.ramdisk:ramdisk",
     "trace": "pxeforge.cli.trace:trace",
     "node": "pxeforge.cli.node:node",
+    "image": "pxeforge.cli.image:image",
     "doctor": "pxeforge.cli.doctor:doctor",
 }
 

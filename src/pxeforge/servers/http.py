@@ -36,6 +36,12 @@ One aiohttp application (low-level `web.AppRunner` + `web.TCPSite`), four kinds 
     per-node installer file (kickstart, preseed, cloud-init ``user-data``/``meta-data``) and
     the installer's final callback. The server passes the UUID, name and token through and
     answers what the hooks say; it never sees the inventory.
+``GET/HEAD /images/<name>``
+    Only when an `ImageStore` is given (``pxeforge serve``: ``<data_dir>/images``, filled
+    through the API's ``PUT /v1/images/<name>``): the disk image the agent ramdisk downloads,
+    sent like a boot file (sendfile from the descriptor `ImageStore.open` checked — a safe
+    name, a regular file, no symlink — with Range and HEAD). Any other name is 404. This path
+    shadows a boot-root directory named ``images``.
 
 Every answered request, once its response is completely sent (sendfile included), updates
 `HttpServer.stats` and, if ``on_event`` is given, becomes one `HttpEvent` (client address,
@@ -48,6 +54,7 @@ from __future__ import annotations
 import json
 import logging
 import mimetypes
+import os
 import re
 import time
 from collections import Counter, deque
@@ -68,6 +75,7 @@ from pxeforge.boot.files import BootFile, FileSource
 from pxeforge.boot.machine import Firmware, Machine, normalize_mac
 from pxeforge.boot.render import IPXE_RETRY_SECONDS, render_ipxe, render_ipxe_chain
 from pxeforge.errors import AccessViolation, FileNotFound
+from pxeforge.images import ImageNotFound, ImageStore
 
 __all__ = [
     "CALLBACK_HISTORY",
@@ -257,10 +265,26 @@ class _AccessLog(AccessLogger):
 _SERVER: Final = web.AppKey("pxeforge_http_server", HttpServer)
 
 
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+class _Descriptor:
+    """An open file descriptor as something to close."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class _OpenFileResponse(web.FileResponse):
     """`web.FileResponse` of an already opened, already checked file; closes it when sent."""
 
-    def __init__(self, file: BootFile, fd: int, content_type: str) -> None:
+    def __init__(self, file: BootFile | _Closable, fd: int, content_type: str) -> None:
         super().__init__(f"/proc/self/fd/{fd}", headers={hdrs.CONTENT_TYPE: content_type})
         self._file = file
 
@@ -295,12 +319,22 @@ class _Handlers:
         registry: ClientRegistry,
         server: HttpServer,
         installer: InstallerHooks | None = None,
+        images: ImageStore | None = None,
     ) -> None:
         self.files = files
         self.booter = booter
         self.registry = registry
         self.server = server
         self.installer = installer
+        self.images = images
+
+    async def image(self, request: web.Request) -> web.StreamResponse:
+        assert self.images is not None
+        try:
+            fd = self.images.open(request.match_info["name"])
+        except ImageNotFound:
+            return _text(404, "not found\n")
+        return _OpenFileResponse(_Descriptor(fd), fd, "application/octet-stream")
 
     async def file(self, request: web.Request) -> web.StreamResponse:
         raw = request.raw_path.partition("?")[0]
@@ -432,13 +466,15 @@ async def start_http(
     http_base: str | None = None,
     installer: InstallerHooks | None = None,
     on_event: Callable[[HttpEvent], object] | None = None,
+    images: ImageStore | None = None,
 ) -> HttpServer:
     """Bind and serve. ``http_base`` (the URL clients reach us at) defaults to the bound
     ``http://host:port`` — what tests on port 0 want; ``pxeforge serve`` passes its own.
     ``installer``: serve ``/ks/…`` through these hooks (see the module docstring).
-    ``on_event``: called with an `HttpEvent` for every answered request."""
+    ``on_event``: called with an `HttpEvent` for every answered request.
+    ``images``: serve ``/images/<name>`` from this store."""
     server = HttpServer(port=0, http_base=http_base or "", on_event=on_event)
-    handlers = _Handlers(files, booter, registry, server, installer)
+    handlers = _Handlers(files, booter, registry, server, installer, images)
     app = web.Application(client_max_size=CALLBACK_MAX_BYTES)
     app[_SERVER] = server
     app.router.add_get("/boot.ipxe", handlers.boot_ipxe)
@@ -449,6 +485,8 @@ async def start_http(
         app.router.add_get("/ks/{node}", handlers.installer_config)
         app.router.add_get("/ks/{node}/{name}", handlers.installer_config)
         app.router.add_post("/ks/{node}/done", handlers.installer_done)
+    if images is not None:
+        app.router.add_get("/images/{name}", handlers.image)
     app.router.add_get(r"/{path:[\s\S]*}", handlers.file)
     runner = web.AppRunner(
         app, access_log=access_log, access_log_class=_AccessLog, logger=_server_log

@@ -5,6 +5,9 @@ where to fetch them — then the inventory and its REST API); a failure to bind 
 `StartupError` that names the service, the port and the usual fix, and whatever had started is
 closed again.
 
+The HTTP server also serves the images uploaded through the API (``/images/<name>`` from
+``<data_dir>/images``, `pxeforge.images`).
+
 Without a booter (``pxeforge serve`` without ``--kernel``) the boot plane follows the
 inventory: the database and the conductor start *first* (`_open_inventory`), then the
 servers with an `InventoryBooter` and the installer hooks (`InstallerService`, ``/ks/…``),
@@ -39,6 +42,7 @@ from pxeforge.boot.clients import ClientRegistry
 from pxeforge.boot.resolve import BootFiles
 from pxeforge.config import DhcpMode, Settings
 from pxeforge.errors import StartupError
+from pxeforge.images import ImageStore
 from pxeforge.metrics import Metrics
 from pxeforge.protocols.tftp import TransferConfig
 from pxeforge.recording import BootPlaneRecorder, HistoryRecorder
@@ -132,6 +136,7 @@ async def start_services(settings: Settings, booter: Booter | None = None) -> Se
                 http_base=settings.http_base,
                 installer=services.installer,
                 on_event=recorder.http if recorder is not None else None,
+                images=ImageStore(Path(settings.data_dir) / "images"),
             ),
         )
         services._closers.append(_async(services.http.close))
