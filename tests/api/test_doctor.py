@@ -210,7 +210,7 @@ def test_cli_one_node_and_everything(api: LiveApi, tmp_path: Path) -> None:
     assert everything.exit_code == EXIT_ERRORS
     text = everything.output
     assert text.startswith("2 machines with problems (checked 1 nodes and 1 MACs")
-    assert text.index("node n1") < text.index(f"unknown machine {STRANGER}")
+    assert text.index("node n1") < text.index(f"machine {STRANGER} (no node has this MAC)")
     assert "WARNING" in text and "PXE-boots but is not enrolled" in " ".join(text.split())
 
 

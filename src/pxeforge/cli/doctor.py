@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -42,7 +43,12 @@ def _clock(at: float | None) -> str:
 
 def _wrap(text: str, width: int, first: str, rest: str) -> list[str]:
     return textwrap.wrap(
-        text, width=width, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False
+        text,
+        width=width,
+        initial_indent=first,
+        subsequent_indent=rest,
+        break_on_hyphens=False,
+        break_long_words=False,
     ) or [first.rstrip()]
 
 
@@ -50,7 +56,7 @@ def _title(machine: dict[str, Any]) -> str:
     node = machine.get("node")
     macs = machine.get("macs") or []
     if node is None:
-        return f"unknown machine {', '.join(macs) or '?'} (no node has this MAC)"
+        return f"machine {', '.join(macs) or '?'} (no node has this MAC)"
     name = node.get("name")
     who = f"node {name} ({node['uuid']})" if name else f"node {node['uuid']}"
     state = node.get("provision_state")
@@ -144,4 +150,4 @@ def doctor(
             click.echo("\n".join(render(machine, width)))
     errors = any(f["severity"] == "error" for m in machines for f in m.get("findings") or [])
     if errors:
-        raise click.exceptions.Exit(EXIT_ERRORS)
+        sys.exit(EXIT_ERRORS)  # not click's Exit: `pxeforge` runs click without standalone mode

@@ -886,7 +886,8 @@ def diagnose(
     context: Context | None = None,
     rules: Sequence[Rule] = RULES,
 ) -> list[Finding]:
-    """Every finding for one machine, most severe first, then in time order."""
+    """Every finding for one machine, most severe first, then in time order (ties: in the
+    order of ``rules``, causes before their consequences)."""
     if not macs:
         macs = sorted({e.mac for e in events if e.mac is not None})
     subject = Subject(
@@ -896,6 +897,6 @@ def diagnose(
         now,
         context if context is not None else Context(),
     )
-    found = [f for rule in rules for f in rule(subject)]
-    found.sort(key=lambda f: (f.severity.rank, f.time, f.code))
-    return found
+    found = [(i, f) for i, rule in enumerate(rules) for f in rule(subject)]
+    found.sort(key=lambda t: (t[1].severity.rank, t[1].time, t[0], t[1].code))
+    return [f for _, f in found]
