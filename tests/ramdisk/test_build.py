@@ -511,6 +511,7 @@ def test_python_runs_in_the_image_with_what_the_agent_needs(builds: Builds) -> N
         "import json, http.client, hashlib, ssl, socket, subprocess, urllib.request, zlib\n"
         "import lzma, bz2, ctypes, asyncio, uuid, email.message, xml.etree.ElementTree\n"
         "import sys, pxeforge, pxeforge.agent\n"
+        "import pxeforge.agent.__main__, pxeforge.agent.qcow2, pxeforge.agent.parttable\n"
         "assert hashlib.sha256(b'abc').hexdigest().startswith('ba7816bf')\n"
         "assert zlib.decompress(zlib.compress(b'x' * 100)) == b'x' * 100\n"
         "print(json.dumps({'version': sys.version.split()[0], 'ssl': ssl.OPENSSL_VERSION,\n"
@@ -532,7 +533,8 @@ def test_busybox_and_the_scripts_run_in_the_image(builds: Builds) -> None:
     for script in ("/init", "/etc/pxeforge/udhcpc.sh"):
         proc = _chroot(builds.root, "/bin/sh", "-n", script)
         assert proc.returncode == 0, (script, proc.stderr)
-    for applet in ("udhcpc", "modprobe", "ip", "mdev", "setsid", "cttyhack", "timeout"):
+    for applet in ("udhcpc", "modprobe", "ip", "mdev", "setsid", "cttyhack", "timeout",
+                   "reboot", "poweroff"):  # fmt: skip
         proc = _chroot(builds.root, "/bin/busybox", applet, "--help")
         assert "applet not found" not in proc.stderr, applet
 
