@@ -31,6 +31,7 @@
   const tbody = table.tBodies[0];
   const live = document.getElementById("live");
   const empty = document.getElementById("timeline-empty");
+  const count = document.getElementById("event-count");
   // events are known by timeline epoch and seq (seq restarts when pxeforge does)
   const seen = new Set(Array.from(tbody.rows, (row) => `${row.dataset.epoch}-${row.dataset.seq}`));
   const MAX_ROWS = 1000;
@@ -57,13 +58,17 @@
     row.dataset.epoch = e.epoch;
     row.className = `level-${e.level} fresh`;
     cell(row, e.time, "time");
-    cell(row, e.source, `src src-${e.source}`);
+    const source = document.createElement("span");
+    source.className = `src src-${e.source}`;
+    source.textContent = e.source;
+    row.insertCell().append(source);
     cell(row, e.kind);
     cell(row, e.summary);
     cell(row, e.details, "details");
     cell(row, e.mac, "mono");
     while (tbody.rows.length > MAX_ROWS) tbody.deleteRow(-1);
     if (empty) empty.hidden = true;
+    if (count) count.textContent = String(Number(count.textContent) + 1);
     if (e.to) {  // a state transition: the header follows
       const badge = document.getElementById("state");
       if (badge) {
