@@ -30,6 +30,13 @@ lets every page carry a strict ``Content-Security-Policy``. ``Server-Timing`` te
 the data (``db``) and the template (``render``) took.
 
 Bad query parameters answer 400 and an unknown node 404, as small HTML pages.
+
+Performance (``tests/api/test_dashboard_scale.py``: 10,000 nodes and 11,000 ports on SQLite, a
+timeline of 12,000 MACs, this project's shared 2-core box at load 4-5; client latency over one
+keep-alive connection): a 50-row list page — first page, a state, a name or MAC search, the
+longest-in-state order, a page deep in the list — p50 9-22 ms, p95 20-60 ms (about 4 ms of
+queries and 4-8 ms of template); 500 rows p50 140 ms (90 ms of it the sandboxed template); a
+node page p50 16 ms; the unknown MACs p50 53 ms (40 ms walking the timeline's 12,000 keys).
 """
 
 from __future__ import annotations
