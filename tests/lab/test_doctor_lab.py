@@ -13,7 +13,9 @@ problem (bounded: a broken boot fails fast), then tears everything down:
    everyone". pxeforge serves from the inventory, where the machine is not enrolled, so only
    dnsmasq answers; OVMF (arch 7) takes its offer and fetches the BIOS loader from pxeforge.
 
-Only one VM runs at a time; each test takes ~20–60 s under TCG.
+3. **the control**: the same lab unbroken; the guest calls back and the doctor finds nothing.
+
+Only one VM runs at a time; each test takes ~35–55 s under TCG (~2.5 min for the three).
 """
 
 from __future__ import annotations
@@ -226,3 +228,28 @@ def test_another_dhcp_server_gives_a_uefi_client_a_bios_loader(tmp_path: Path) -
         assert text.returncode == EXIT_ERRORS
         assert text.stdout.startswith("1 machine with problems")
         assert f"machine {mac} (no node has this MAC)" in text.stdout
+
+
+def test_a_healthy_boot_has_nothing_wrong(tmp_path: Path) -> None:
+    """The control: the same lab unbroken boots to the guest's callback, and the doctor — which
+    saw pxelinux's config search miss file after file — finds nothing."""
+    config = LabConfig(
+        firmware=VmFirmware.BIOS,
+        boot_method=BootMethod.PXELINUX,
+        workdir=tmp_path / "lab",
+        timeout=150.0,
+    )
+    with running(Lab(config, report=print)) as lab:
+        result = lab.boot()
+        assert result.ok, [vm.reason for vm in result.vms]
+        mac = result.vms[0].mac
+        one = doctor(lab, mac, "--json")
+        answer = json.loads(one.stdout)
+        assert one.returncode == 0, one.stdout
+        assert answer["findings"] == [], answer["findings"]
+        # it saw the whole boot: DHCP twice (firmware, guest), pxelinux.0, ldlinux.c32, the
+        # config search's misses (pxelinux.cfg/<uuid>, 01-<mac>, C0A8…), kernel, initrd
+        assert answer["events"] > 15
+        everything = doctor(lab)
+        assert everything.returncode == 0, everything.stdout
+        assert everything.stdout.startswith("no machines with problems"), everything.stdout

@@ -123,13 +123,16 @@ class _Doctor:
         self.now = time.time()
         self.arp = read_arp()
         self.context = Context.from_settings(_settings(ctx), neighbors=self.arp)
+        self.ip_keys: dict[str, list[str]] = {}  # MAC → the ip: keys of its addresses
+        for ip, mac in self.arp.items():
+            self.ip_keys.setdefault(mac, []).append(IP_KEY + ip)
 
     def _ip_keys(self, macs: Iterable[str]) -> list[str]:
         """The ``ip:`` timeline keys (TFTP/HTTP clients whose address another DHCP server gave)
         that the ARP table says belong to one of ``macs``."""
-        wanted = set(macs)
-        keys = [IP_KEY + ip for ip, mac in self.arp.items() if mac in wanted]
-        return [k for k in keys if self.ctx.timeline.last(k) is not None]
+        timeline = self.ctx.timeline
+        keys = (key for mac in macs for key in self.ip_keys.get(mac, ()))
+        return [key for key in keys if timeline.last(key) is not None]
 
     def _macs_of(self, node: NodeRecord, ports: Iterable[str]) -> set[str]:
         macs = {m.lower() for m in ports}
@@ -172,27 +175,24 @@ class _Doctor:
             marker = page[-1].uuid
         addresses = store.node_addresses([n.id for n in nodes])
         summaries = timeline.summaries()
-        owners = store.port_owners([s.key for s in summaries])
+        keys: list[tuple[str, str | None]] = []  # (MAC, or ip: key ARP cannot name; node learnt)
+        for summary in summaries:
+            key = summary.key
+            if key.startswith(IP_KEY):  # joined to its MAC's machine by `_ip_keys`
+                key = self.arp.get(key[len(IP_KEY) :], key)
+            keys.append((key, summary.node))
+        owners = store.port_owners([k for k, _ in keys if not k.startswith(IP_KEY)])
         by_uuid = {n.uuid: n for n in nodes}
         macs: dict[str, set[str]] = {
             n.uuid: {m.lower() for m in addresses.get(n.id, [])} for n in nodes
         }
-        unknown: list[str] = []
-        for s in summaries:
-            key = s.key
-            if key.startswith(IP_KEY):
-                mac = self.arp.get(key[len(IP_KEY) :])
-                if mac is not None and any(t.key == mac for t in summaries):
-                    continue  # joined to its MAC's machine (`_ip_keys`)
-                owner = (owners.get(mac) or store.port_owners([mac]).get(mac)) if mac else None
-                if owner in by_uuid:
-                    continue  # joined to its node (`_ip_keys`)
-                key = mac or key
-            owner = owners.get(key) or s.node
+        unknown: dict[str, None] = {}
+        for key, learnt in keys:
+            owner = owners.get(key) or learnt
             if owner in by_uuid:
                 macs[owner].add(key)
-            elif key not in unknown:
-                unknown.append(key)
+            else:
+                unknown[key] = None
         machines = [self.node(n, macs[n.uuid]) for n in nodes]
         machines += [self.unknown(mac) for mac in unknown]
         sick = [m for m in machines if m["findings"]]
