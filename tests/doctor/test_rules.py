@@ -549,3 +549,38 @@ def test_a_client_known_by_its_address_only_is_no_unknown_machine() -> None:
     found = diagnose(None, c.events("ip:10.213.0.57"), T0 + 9, macs=["ip:10.213.0.57"],
                      context=CTX)  # fmt: skip
     assert codes(found) == ["boot-file-not-found"]
+
+
+def test_an_installer_that_never_calls_back_and_an_agent_that_never_posts_inventory(
+    record: NodeRecord,
+) -> None:
+    c = Clock()
+    c.at(0, "state", "transition", node=record.uuid, mac=None, to="wait call-back")
+    c.at(10, "dhcp", "ack", loader="pxelinux.0", next_server=US)
+    c.at(30, "http", "fetched", path="/_pxeforge/initrd-0", status=200, bytes=50_000_000)
+    kickstart = node_in(record, "wait call-back", 0, deploy_interface="kickstart")
+    events = c.events(MAC, record.uuid)
+    f = only(diagnose(kickstart, events, T0 + 3600, macs=[MAC], context=CTX), "stuck-waiting")
+    assert f.what == "wait call-back for 60 min: installer fetched 59 min ago, it never called back"
+    assert "inst.ks" in f.todo
+    c2 = Clock()
+    c2.at(0, "state", "transition", node=record.uuid, mac=None, to="inspect wait")
+    ramdisk_boot(c2, 10)
+    c2.at(60, "agent", "lookup", found=True, node=record.uuid)
+    inspecting = node_in(record, "inspect wait", 0)
+    found = diagnose(inspecting, c2.events(MAC, record.uuid), T0 + 900, macs=[MAC], context=CTX)
+    f = only(found, "stuck-waiting")
+    assert f.what == "inspect wait for 15 min: the agent looked up but never posted its inventory"
+    assert "heartbeats-stopped" not in codes(found)  # an inspecting agent posts, it does not beat
+    c2.at(70, "agent", "inventory", node=record.uuid)
+    assert diagnose(inspecting, c2.events(MAC, record.uuid), T0 + 900, context=CTX) == []
+
+
+def test_evidence_is_capped_keeping_the_first_and_the_last() -> None:
+    c = Clock()
+    misses = [c.at(i, "tftp", "refused", file="pxelinux.0", error="File not found")
+              for i in range(40)]  # fmt: skip
+    (f,) = diagnose(None, c.events(), T0 + 60, context=dataclasses.replace(CTX, inventory=False))
+    assert "(40 times)" in f.what
+    shown = [e.seq for e in f.evidence]
+    assert shown == [misses[0].seq, misses[1].seq, misses[2].seq, misses[-1].seq]
