@@ -1,20 +1,24 @@
 """Image deploy and cleaning through the agent, end to end over HTTP: the live API and
-conductor (`LiveApi`), an agent serving the spec's ``/v1/commands`` on loopback
-(`agent_peer.AgentPeer`: looks up, heartbeats, really downloads, hashes and writes the image
-into a file standing for the disk), and the image served by pxeforge's own boot-plane HTTP
-server (``/images/<name>``, uploaded with ``PUT /v1/images/<name>``).
+conductor (`LiveApi`), the real agent (``python -m pxeforge.agent``, a subprocess: looks the
+node up, heartbeats, serves its command API on loopback and writes to a loop device), and the
+image served by pxeforge's own boot-plane HTTP server (``/images/<name>``, uploaded with
+``PUT /v1/images/<name>``).
 
 Covers the spec's heartbeat table (docs/agent-protocol.md) — deploy with and without power
 control, automated and manual cleaning — and what goes wrong: wrong checksum, unreachable
-image, disk too small, a wrong agent token, refusals at the verb, heartbeats without a token,
-progress, wait timeouts and an agent that dies.
+image, disk too small, refusals at the verb, heartbeats without a token, progress, wait
+timeouts and an agent that dies. Loop devices need root: skipped otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,12 +35,25 @@ from pxeforge.drivers.base import BootDevice, BootSetting, PowerState
 from pxeforge.images import ImageStore
 from pxeforge.servers.http import start_http
 
-from .agent_peer import AgentPeer
 from .conftest import LiveApi
 
+# the agent tests' loop devices and slow image server (tests/agent/conftest.py, by path:
+# conftest modules are not importable by name across test directories)
+_path = Path(__file__).resolve().parent.parent / "agent" / "conftest.py"
+_spec = importlib.util.spec_from_file_location("pxeforge_tests_agent_fixtures", _path)
+assert _spec is not None and _spec.loader is not None
+_agent_fixtures = sys.modules.get(_spec.name) or importlib.util.module_from_spec(_spec)
+if _spec.name not in sys.modules:
+    sys.modules[_spec.name] = _agent_fixtures
+    _spec.loader.exec_module(_agent_fixtures)
+loop_device = _agent_fixtures.loop_device
+image_server = _agent_fixtures.image_server
+ImageServer = _agent_fixtures.ImageServer
+
 MAC = "52:54:00:aa:bb:01"
-DISK = 8 * 1024 * 1024
-IMAGE = os.urandom(3 * 1024 * 1024 + 123)  # a "raw whole-disk image"
+MIB = 1024 * 1024
+DISK = 8 * MIB
+IMAGE = os.urandom(3 * MIB + 123)  # a "raw whole-disk image"
 
 
 @pytest.fixture
@@ -76,7 +93,7 @@ def _settings(tmp_path: Path, **changes: Any) -> Settings:
         "deploy_ramdisk": ramdisk,
         "data_dir": tmp_path / "data",
         "automated_clean": False,
-        "agent_command_timeout": 10.0,
+        "agent_command_timeout": 30.0,
     }
     values.update(changes)
     return Settings(**values)
@@ -99,22 +116,79 @@ def make_api(tmp_path: Path) -> Iterator[Callable[..., LiveApi]]:
             api.close()
 
 
-@pytest.fixture
-def make_peer(tmp_path: Path) -> Iterator[Callable[..., AgentPeer]]:
-    peers: list[AgentPeer] = []
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
 
-    def make(api: LiveApi, disk_size: int = DISK, **kw: Any) -> AgentPeer:
-        disk = tmp_path / f"disk{len(peers)}.img"
-        disk.write_bytes(b"\xee" * disk_size)  # "old data" everywhere
-        peer = AgentPeer(api.port, MAC, disk, disk_size, **kw)
-        peers.append(peer)
-        return peer
+
+class Agent:
+    """``python -m pxeforge.agent`` for the node with `MAC`, working on loop device ``dev``
+    only (``--power-log``: reboot/poweroff are written down, not done)."""
+
+    def __init__(self, api: LiveApi, dev: str, tmp: Path) -> None:
+        self.dev = dev
+        n = len(list(tmp.glob("agent*.log")))
+        cmdline = tmp / f"cmdline{n}"
+        cmdline.write_text(f"ipa-api-url=http://127.0.0.1:{api.port} "
+                           f"BOOTIF=01-{MAC.replace(':', '-')}\n")  # fmt: skip
+        port = _free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.power_log = tmp / f"power{n}.log"
+        self.log_path = tmp / f"agent{n}.log"
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pxeforge.agent", "--cmdline", str(cmdline), "--mac", MAC,
+             "--listen", f"127.0.0.1:{port}", "--callback-url", self.url,
+             "--disks", os.path.basename(dev), "--min-root-size", str(MIB),
+             "--power-log", str(self.power_log),
+             "--lookup-attempts", "150", "--lookup-interval", "0.2"],
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def power(self) -> list[str]:
+        return self.power_log.read_text().split() if self.power_log.exists() else []
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(30)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+
+
+@pytest.fixture
+def make_agent(tmp_path: Path, loop_device: Callable[..., str]) -> Iterator[Callable[..., Agent]]:
+    agents: list[Agent] = []
+
+    def make(api: LiveApi, disk_size: int = DISK) -> Agent:
+        agent = Agent(api, loop_device(disk_size, fill=b"\xee"), tmp_path)
+        agents.append(agent)
+        return agent
 
     try:
         yield make
     finally:
-        for peer in peers:
-            peer.close()
+        for agent in agents:
+            agent.close()
+
+
+def read(dev: str, offset: int = 0, length: int = -1) -> bytes:
+    with open(dev, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
 
 
 def new_node(api: LiveApi, driver: str = "fake-hardware", **fields: Any) -> str:
@@ -140,7 +214,7 @@ def verb(api: LiveApi, uuid: str, target: str, **body: Any) -> dict[str, Any]:
     return api.node(uuid)
 
 
-def wait_for(api: LiveApi, uuid: str, *states: str, timeout: float = 30) -> dict[str, Any]:
+def wait_for(api: LiveApi, uuid: str, *states: str, timeout: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while (node := api.node(uuid))["provision_state"] not in states:
         assert time.monotonic() < deadline, (
@@ -185,11 +259,11 @@ def test_image_deploy_with_power_control(
     db: str,
     request: pytest.FixtureRequest,
     make_api: Callable[..., LiveApi],
-    make_peer: Callable[..., AgentPeer],
+    make_agent: Callable[..., Agent],
     images: str,
 ) -> None:
     api = make_api(request.getfixturevalue("pg_url") if db == "postgresql" else None)
-    uuid = new_node(api, properties={"root_device": {"size": ">= 1"}})
+    uuid = new_node(api)
     available(api, uuid)
     # the image as an operator stores it: PUT /v1/images/<name>, then its URL and sha256
     reply = api.request("PUT", "/v1/images/uploaded.raw", raw=IMAGE,
@@ -202,31 +276,30 @@ def test_image_deploy_with_power_control(
     node = verb(api, uuid, "deploy")
     assert node["provision_state"] == "wait call-back"
     machine = api.fake.machines["m1"]
-    assert (
-        machine.boot == BootSetting(BootDevice.PXE, False) and machine.power is PowerState.POWER_ON
-    )
+    assert machine.boot == BootSetting(BootDevice.PXE, False)
+    assert machine.power is PowerState.POWER_ON
 
-    peer = make_peer(api)
-    assert peer.boot() == uuid
+    agent = make_agent(api)  # the machine boots the agent ramdisk
+    # root device hints reach the agent: the loop device by name
+    api.store.update_node(uuid, {"properties": {"root_device": {"name": agent.dev}}})
     node = wait_for(api, uuid, "active", "deploy failed")
-    assert node["provision_state"] == "active", node["last_error"]
+    assert node["provision_state"] == "active", (node["last_error"], agent.output())
     assert node["last_error"] is None and node["power_state"] == "power on"
-    # the image is on the "disk", the rest of the disk untouched
-    data = peer.disk.read_bytes()
-    assert data[: len(IMAGE)] == IMAGE and data[len(IMAGE) :] == b"\xee" * (DISK - len(IMAGE))
-    # boot device disk (persistent), synced, powered off then on by the driver
+    # the image is on the disk, the rest of the disk untouched
+    assert read(agent.dev, 0, len(IMAGE)) == IMAGE
+    assert read(agent.dev, len(IMAGE)) == b"\xee" * (DISK - len(IMAGE))
+    # boot device disk (persistent), powered off then on through the driver, no agent reboot
     assert machine.boot == BootSetting(BootDevice.DISK, True)
     assert machine.power is PowerState.POWER_ON
-    assert peer.events == ["sync"]
-    names = [c.name for c in peer.commands]
-    assert names == ["prepare_image", "sync"]
+    assert agent.power() == []
     internal = node["driver_internal_info"]
-    assert internal["deploy_result"]["bytes_written"] == len(IMAGE)
-    assert internal["deploy_result"]["os_hash_value"] == hashlib.sha256(IMAGE).hexdigest()
+    result = internal["deploy_result"]
+    assert result["root_device"] == agent.dev and result["bytes_written"] == len(IMAGE)
+    assert result["os_hash_value"] == stored["sha256"]
     for gone in ("agent_secret_token", "agent_url", "agent_command"):
         assert gone not in internal, gone
     text = history(api, uuid)
-    assert "The agent writes" in text and "Image written to" in text
+    assert "The agent writes" in text and f"Image written to {agent.dev}" in text
     assert '"deploying" -> "active" on "done"' in text
     # undeploy: back to available (automated cleaning off in these settings)
     assert verb(api, uuid, "undeploy")["provision_state"] == "available"
@@ -234,7 +307,7 @@ def test_image_deploy_with_power_control(
 
 
 def test_image_deploy_manual_management_reboots_through_the_agent(
-    make_api: Callable[..., LiveApi], make_peer: Callable[..., AgentPeer], images: str
+    make_api: Callable[..., LiveApi], make_agent: Callable[..., Agent], images: str
 ) -> None:
     api = make_api()
     uuid = new_node(api, driver="manual-management")
@@ -243,21 +316,19 @@ def test_image_deploy_manual_management_reboots_through_the_agent(
     set_image(api, uuid, image_fields(images, image_os_hash_algo="sha512",
                                       image_os_hash_value=sha512))  # fmt: skip
     assert verb(api, uuid, "deploy")["provision_state"] == "wait call-back"
-    peer = make_peer(api)
-    peer.boot()
+    agent = make_agent(api)
     node = wait_for(api, uuid, "active", "deploy failed")
-    assert node["provision_state"] == "active", node["last_error"]
-    deadline = time.monotonic() + 10
-    while "run_image" not in peer.events:
-        assert time.monotonic() < deadline, peer.events
-        time.sleep(0.05)
-    assert peer.events == ["sync", "run_image"]
-    assert peer.disk.read_bytes()[: len(IMAGE)] == IMAGE
+    assert node["provision_state"] == "active", (node["last_error"], agent.output())
+    deadline = time.monotonic() + 30
+    while agent.power() != ["reboot"]:
+        assert time.monotonic() < deadline, (agent.power(), agent.output())
+        time.sleep(0.1)
+    assert read(agent.dev, 0, len(IMAGE)) == IMAGE
     assert "reboots the machine into the instance" in history(api, uuid)
 
 
 def test_image_checksum_accepted_as_image_checksum(
-    make_api: Callable[..., LiveApi], make_peer: Callable[..., AgentPeer], images: str
+    make_api: Callable[..., LiveApi], make_agent: Callable[..., Agent], images: str
 ) -> None:
     api = make_api()
     uuid = new_node(api)
@@ -266,12 +337,12 @@ def test_image_checksum_accepted_as_image_checksum(
     set_image(api, uuid, image_fields(images, image_os_hash_algo=None, image_os_hash_value=None,
                                       image_checksum=f"sha256:{digest}"))  # fmt: skip
     verb(api, uuid, "deploy")
-    make_peer(api).boot()
+    make_agent(api)
     assert wait_for(api, uuid, "active", "deploy failed")["provision_state"] == "active"
 
 
 def test_wrong_checksum_fails_with_the_agents_error(
-    make_api: Callable[..., LiveApi], make_peer: Callable[..., AgentPeer], images: str
+    make_api: Callable[..., LiveApi], make_agent: Callable[..., Agent], images: str
 ) -> None:
     api = make_api()
     uuid = new_node(api)
@@ -279,50 +350,52 @@ def test_wrong_checksum_fails_with_the_agents_error(
     wrong = hashlib.sha256(b"another image").hexdigest()
     set_image(api, uuid, image_fields(images, image_os_hash_value=wrong))
     verb(api, uuid, "deploy")
-    peer = make_peer(api)
-    peer.boot()
+    agent = make_agent(api)
     node = wait_for(api, uuid, "deploy failed", "active")
     assert node["provision_state"] == "deploy failed"
     error = node["last_error"]
     assert "prepare_image failed" in error and "ImageChecksumError" in error, error
     assert wrong in error and hashlib.sha256(IMAGE).hexdigest() in error, error
     assert node["target_provision_state"] == "active"
-    assert peer.events == []  # never synced nor rebooted into a bad image
-    assert peer.disk.read_bytes()[: len(IMAGE)] == b"\0" * len(IMAGE)  # the agent zeroed it
-    # retry with the right checksum: deploy again from "deploy failed", with a new agent boot
+    assert agent.power() == []  # never rebooted into a bad image
+    assert api.fake.machines["m1"].boot == BootSetting(BootDevice.PXE, False)
+    assert read(agent.dev, 0, len(IMAGE)) == b"\0" * len(IMAGE)  # the agent zeroed it
+    # retry with the right checksum: deploy again from "deploy failed", a new agent boot
+    agent.close()
     set_image(api, uuid, image_fields(images))
     assert verb(api, uuid, "active")["provision_state"] == "wait call-back"
     assert "agent_secret_token" not in api.node(uuid)["driver_internal_info"]
-    make_peer(api).boot()
+    make_agent(api)
     assert wait_for(api, uuid, "active", "deploy failed")["provision_state"] == "active"
 
 
 def test_unreachable_image_fails_the_deploy(
-    make_api: Callable[..., LiveApi], make_peer: Callable[..., AgentPeer], images: str
+    make_api: Callable[..., LiveApi], make_agent: Callable[..., Agent], images: str
 ) -> None:
     api = make_api()
     uuid = new_node(api)
     available(api, uuid)
     set_image(api, uuid, image_fields(images, image_source=f"{images}/missing.raw"))
     verb(api, uuid, "deploy")
-    make_peer(api).boot()
+    make_agent(api)
     node = wait_for(api, uuid, "deploy failed", "active")
     assert "ImageDownloadError" in node["last_error"] and "missing.raw" in node["last_error"]
 
 
 def test_disk_too_small_fails_the_deploy(
-    make_api: Callable[..., LiveApi], make_peer: Callable[..., AgentPeer], images: str
+    make_api: Callable[..., LiveApi], make_agent: Callable[..., Agent], images: str
 ) -> None:
     api = make_api()
     uuid = new_node(api)
     available(api, uuid)
     set_image(api, uuid, image_fields(images))
     verb(api, uuid, "deploy")
-    peer = make_peer(api, disk_size=1024 * 1024)
-    peer.boot()
+    agent = make_agent(api, disk_size=MIB)
     node = wait_for(api, uuid, "deploy failed", "active")
-    assert "does not fit" in node["last_error"], node["last_error"]
-    assert peer.disk.read_bytes() == b"\xee" * (1024 * 1024)  # refused before writing
+    error = node["last_error"]
+    assert error.startswith("Deploy failed: the agent's prepare_image failed: "), error
+    assert str(len(IMAGE)) in error and str(MIB) in error, error
+    assert read(agent.dev) == b"\xee" * MIB  # refused before writing
 
 
 @pytest.mark.parametrize(
@@ -343,12 +416,12 @@ def test_disk_too_small_fails_the_deploy(
     ],
 )
 def test_verb_refuses_what_cannot_be_deployed(
-    make_api: Callable[..., LiveApi], images: str, changes: dict[str, Any], message: str
+    make_api: Callable[..., LiveApi], changes: dict[str, Any], message: str
 ) -> None:
     api = make_api()
     uuid = new_node(api)
     available(api, uuid)
-    set_image(api, uuid, image_fields(images, **changes))
+    set_image(api, uuid, image_fields("http://127.0.0.1:9/images", **changes))
     reply = put_verb(api, uuid, "deploy")
     assert reply.status == 400 and message in reply.fault, reply.raw
     deploy = api.get(f"/v1/nodes/{uuid}/validate").json["deploy"]
@@ -358,104 +431,89 @@ def test_verb_refuses_what_cannot_be_deployed(
 
 
 def test_verb_refuses_image_deploys_without_an_agent_ramdisk(
-    make_api: Callable[..., LiveApi], images: str
+    make_api: Callable[..., LiveApi],
 ) -> None:
     api = make_api(deploy_kernel=None, deploy_ramdisk=None)
     uuid = new_node(api)
     available(api, uuid)
-    set_image(api, uuid, image_fields(images))
+    set_image(api, uuid, image_fields("http://127.0.0.1:9/images"))
     reply = put_verb(api, uuid, "deploy")
     assert reply.status == 400 and "--deploy-kernel" in reply.fault
     assert api.node(uuid)["provision_state"] == "available"
 
 
-def test_agent_token_is_required_on_agent_calls(
-    make_api: Callable[..., LiveApi], make_peer: Callable[..., AgentPeer], images: str
-) -> None:
-    api = make_api()
-    uuid = new_node(api)
-    available(api, uuid)
-    set_image(api, uuid, image_fields(images))
-    verb(api, uuid, "deploy")
-    peer = make_peer(api)
-    _, body = peer._api("GET", f"/v1/lookup?addresses={MAC}")
-    peer.node, peer.token = uuid, body["config"]["agent_token"]
-    real = peer.token
-    peer.token = "x" * 128  # the agent's command server expects another token than pxeforge's
-    assert peer.heartbeat(token=real) == 202
-    node = wait_for(api, uuid, "deploy failed", "active")
-    assert "HTTP 401" in node["last_error"] and real not in node["last_error"]
-    assert peer.commands == []
-
-
 def test_heartbeat_without_token_is_refused_and_nothing_runs(
-    make_api: Callable[..., LiveApi], make_peer: Callable[..., AgentPeer], images: str
+    make_api: Callable[..., LiveApi],
 ) -> None:
     api = make_api()
     uuid = new_node(api)
     available(api, uuid)
-    set_image(api, uuid, image_fields(images))
+    set_image(api, uuid, image_fields("http://127.0.0.1:9/images"))
     verb(api, uuid, "deploy")
-    peer = make_peer(api)
-    peer._api("GET", f"/v1/lookup?addresses={MAC}")
-    peer.node = uuid
-    status, body = peer._api("POST", f"/v1/heartbeat/{uuid}", {"callback_url": peer.url})
-    assert status == 400 and "token is required" in body["error_message"]
-    status, _ = peer._api("POST", f"/v1/heartbeat/{uuid}",
-                          {"callback_url": peer.url, "agent_token": "y" * 128})  # fmt: skip
-    assert status == 400
+    lookup = api.get(f"/v1/lookup?addresses={MAC}", auth=False)
+    assert lookup.status == 200 and len(lookup.json["config"]["agent_token"]) == 128
+    url = "http://127.0.0.1:9"  # nobody there: any call to it would fail the deploy
+    missing = api.post(f"/v1/heartbeat/{uuid}", {"callback_url": url}, auth=False)
+    assert missing.status == 400 and "token is required" in missing.fault
+    wrong = api.post(f"/v1/heartbeat/{uuid}", {"callback_url": url, "agent_token": "y" * 128},
+                     auth=False)  # fmt: skip
+    assert wrong.status == 400 and "Invalid or missing agent token" in wrong.fault
     api.wait_idle()
-    assert peer.commands == [] and api.node(uuid)["provision_state"] == "wait call-back"
+    node = api.node(uuid)
+    assert node["provision_state"] == "wait call-back" and node["last_error"] is None
+    assert "agent_url" not in node["driver_internal_info"]
 
 
 def test_progress_is_visible_and_heartbeats_keep_the_wait_alive(
-    make_api: Callable[..., LiveApi], make_peer: Callable[..., AgentPeer], images: str
+    make_api: Callable[..., LiveApi],
+    make_agent: Callable[..., Agent],
+    image_server: Any,
 ) -> None:
-    # the write takes longer than deploy_callback_timeout: only silence may time out
-    api = make_api(deploy_callback_timeout=1.5, check_provision_state_interval=0.2)
+    # the write (1 MiB/s) takes longer than deploy_callback_timeout: only silence times out;
+    # the agent heartbeats every 5 s while it works
+    data = os.urandom(12 * MIB)
+    image_server.add("slow.raw", data)
+    api = make_api(deploy_callback_timeout=8.0, check_provision_state_interval=0.2)
     uuid = new_node(api)
     available(api, uuid)
-    set_image(api, uuid, image_fields(images))
+    slow, digest = image_server.url("slow.raw", "slow"), hashlib.sha256(data).hexdigest()
+    set_image(api, uuid, image_fields("", image_source=slow, image_os_hash_value=digest))
     verb(api, uuid, "deploy")
-    peer = make_peer(api, progress_interval=0.3)
-    peer.slow_write = 3.0 / (len(IMAGE) // (64 * 1024))  # about 3 s in all
-    peer.boot()
+    agent = make_agent(api, disk_size=16 * MIB)
     seen: list[str] = []
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90
     while (node := api.node(uuid))["provision_state"] in ("wait call-back", "deploying"):
         message = node["driver_internal_info"].get("agent_status_message")
         if message and message not in seen:
             seen.append(message)
         assert time.monotonic() < deadline
-        time.sleep(0.05)
+        time.sleep(0.1)
     node = wait_for(api, uuid, "active", "deploy failed")
-    assert node["provision_state"] == "active", node["last_error"]
-    assert len(seen) >= 3 and all(m.startswith("prepare_image: ") for m in seen), seen
-    assert seen[-1].endswith("bytes written")
+    assert node["provision_state"] == "active", (node["last_error"], agent.output())
+    progress = [m for m in seen if m.startswith("prepare_image: ") and "MiB written" in m]
+    assert progress, seen
+    assert read(agent.dev, 0, len(data)) == data
 
 
 # ---- cleaning -------------------------------------------------------------------------------
 
 
 def test_automated_cleaning_on_provide(
-    make_api: Callable[..., LiveApi], make_peer: Callable[..., AgentPeer]
+    make_api: Callable[..., LiveApi], make_agent: Callable[..., Agent]
 ) -> None:
     api = make_api(automated_clean=True)
     uuid = new_node(api)
     verb(api, uuid, "manage")
     node = verb(api, uuid, "provide")
     assert node["provision_state"] == "clean wait" and node["power_state"] == "power on"
-    peer = make_peer(api)
-    peer.boot()
+    agent = make_agent(api)
     node = wait_for(api, uuid, "available", "clean failed")
-    assert node["provision_state"] == "available", node["last_error"]
+    assert node["provision_state"] == "available", (node["last_error"], agent.output())
     assert node["power_state"] == "power off" and node["clean_step"] == {}
     assert api.fake.machines["m1"].power is PowerState.POWER_OFF
-    names = [(c.name, c.status) for c in peer.commands]
-    assert names == [("get_clean_steps", "SUCCEEDED"), ("execute_clean_step", "SUCCEEDED")]
-    data = peer.disk.read_bytes()
-    mib = 1024 * 1024
-    assert data[:mib] == data[-mib:] == b"\0" * mib and data[mib:-mib] == b"\xee" * (DISK - 2 * mib)
+    data = read(agent.dev)
+    assert data[:MIB] == data[-MIB:] == b"\0" * MIB
+    assert data[MIB:-MIB] == b"\xee" * (DISK - 2 * MIB)
     text = history(api, uuid)
     assert "Automated cleaning: steps deploy.erase_devices_metadata" in text
     assert "Clean step deploy.erase_devices_metadata done" in text
@@ -463,9 +521,7 @@ def test_automated_cleaning_on_provide(
     assert not {"clean_steps", "clean_step", "agent_secret_token", "agent_command"} & set(internal)
 
 
-def test_node_automated_clean_overrides_the_setting(
-    make_api: Callable[..., LiveApi],
-) -> None:
+def test_node_automated_clean_overrides_the_setting(make_api: Callable[..., LiveApi]) -> None:
     api = make_api(automated_clean=True)
     uuid = new_node(api, automated_clean=False)
     verb(api, uuid, "manage")
@@ -485,24 +541,26 @@ def test_automated_cleaning_without_ramdisk_fails_clearly(
 
 
 def test_manual_cleaning_erase_devices(
-    make_api: Callable[..., LiveApi], make_peer: Callable[..., AgentPeer]
+    make_api: Callable[..., LiveApi], make_agent: Callable[..., Agent]
 ) -> None:
     api = make_api()
     uuid = new_node(api)
     verb(api, uuid, "manage")
-    steps = [{"interface": "deploy", "step": "erase_devices"}]
+    steps = [{"interface": "deploy", "step": "erase_devices_metadata"},
+             {"interface": "deploy", "step": "erase_devices", "args": {}}]  # fmt: skip
     node = verb(api, uuid, "clean", clean_steps=steps)
     assert node["provision_state"] == "clean wait"
-    peer = make_peer(api)
-    peer.boot()
+    agent = make_agent(api)
     node = wait_for(api, uuid, "manageable", "clean failed")
-    assert node["provision_state"] == "manageable", node["last_error"]
-    assert peer.disk.read_bytes() == b"\0" * DISK
-    assert "Manual cleaning: steps deploy.erase_devices" in history(api, uuid)
+    assert node["provision_state"] == "manageable", (node["last_error"], agent.output())
+    assert read(agent.dev) == b"\0" * DISK
+    text = history(api, uuid)
+    assert "Manual cleaning: steps deploy.erase_devices_metadata, deploy.erase_devices" in text
+    assert "Clean step deploy.erase_devices started (2/2)" in text
 
 
 def test_manual_clean_steps_are_checked(
-    make_api: Callable[..., LiveApi], make_peer: Callable[..., AgentPeer]
+    make_api: Callable[..., LiveApi], make_agent: Callable[..., Agent]
 ) -> None:
     api = make_api()
     uuid = new_node(api)
@@ -515,28 +573,14 @@ def test_manual_clean_steps_are_checked(
     ):
         reply = put_verb(api, uuid, "clean", clean_steps=steps)
         assert reply.status == 400 and message in reply.fault, (steps, reply.raw)
-    # a step the agent does not offer fails the cleaning when the agent says what it has
+    # a step the agent does not offer fails the cleaning once the agent says what it has
     node = verb(api, uuid, "clean", clean_steps=[{"interface": "deploy", "step": "shred"}])
     assert node["provision_state"] == "clean wait"
-    make_peer(api).boot()
+    agent = make_agent(api)
     node = wait_for(api, uuid, "clean failed", "manageable")
     assert "deploy.shred is not offered" in node["last_error"]
     assert "deploy.erase_devices" in node["last_error"]
-
-
-def test_failed_clean_step_fails_cleaning(
-    make_api: Callable[..., LiveApi], make_peer: Callable[..., AgentPeer]
-) -> None:
-    api = make_api(automated_clean=True)
-    uuid = new_node(api)
-    verb(api, uuid, "manage")
-    verb(api, uuid, "provide")
-    peer = make_peer(api, disk_size=DISK)
-    peer.disk.unlink()  # the "disk" vanished: the step fails on the agent
-    peer.boot()
-    node = wait_for(api, uuid, "clean failed", "available")
-    assert node["last_error"].startswith("Clean step deploy.erase_devices_metadata failed:")
-    assert "FileNotFoundError" in node["last_error"] or "No such file" in node["last_error"]
+    assert read(agent.dev) == b"\xee" * DISK
 
 
 # ---- timeouts and dead agents ---------------------------------------------------------------
@@ -553,21 +597,24 @@ def test_clean_wait_without_heartbeat_times_out(make_api: Callable[..., LiveApi]
 
 
 def test_agent_dying_mid_deploy_times_out(
-    make_api: Callable[..., LiveApi], make_peer: Callable[..., AgentPeer], images: str
+    make_api: Callable[..., LiveApi],
+    make_agent: Callable[..., Agent],
+    image_server: Any,
 ) -> None:
-    api = make_api(deploy_callback_timeout=1.5, check_provision_state_interval=0.2)
+    data = os.urandom(12 * MIB)
+    image_server.add("slow.raw", data)
+    api = make_api(deploy_callback_timeout=6.0, check_provision_state_interval=0.2)
     uuid = new_node(api)
     available(api, uuid)
-    set_image(api, uuid, image_fields(images))
+    slow, digest = image_server.url("slow.raw", "slow"), hashlib.sha256(data).hexdigest()
+    set_image(api, uuid, image_fields("", image_source=slow, image_os_hash_value=digest))
     verb(api, uuid, "deploy")
-    peer = make_peer(api, progress_interval=60)
-    peer.slow_write = 0.5  # slow enough to be killed mid-write
-    peer.boot()
-    deadline = time.monotonic() + 10
-    while not peer.commands:
-        assert time.monotonic() < deadline
+    agent = make_agent(api, disk_size=16 * MIB)
+    deadline = time.monotonic() + 60
+    while "agent_command" not in api.node(uuid)["driver_internal_info"]:
+        assert time.monotonic() < deadline, agent.output()
         time.sleep(0.05)
-    peer.close()  # the machine died: no heartbeat, no answer on port 9999
-    node = wait_for(api, uuid, "deploy failed", "active", timeout=20)
-    assert node["provision_state"] == "deploy failed"
+    agent.kill()  # the machine died mid-write: no heartbeat, nothing on its port
+    node = wait_for(api, uuid, "deploy failed", "active", timeout=30)
     assert node["last_error"] == f"Timeout reached while waiting for callback for node {uuid}"
+    assert read(agent.dev, len(data)) == b"\xee" * (4 * MIB)

@@ -181,9 +181,12 @@ class AgentClient:
             response = conn.getresponse()
             raw = response.read(MAX_ANSWER + 1)
         except (OSError, http.client.HTTPException) as exc:
-            reason = str(exc) or type(exc).__name__
             if isinstance(exc, TimeoutError):
                 reason = f"no answer within {self.timeout:g} s"
+            elif isinstance(exc, http.client.HTTPException):
+                reason = f"not an HTTP answer ({type(exc).__name__}: {str(exc).strip()[:100]!r})"
+            else:
+                reason = str(exc) or type(exc).__name__
             raise AgentConnectionFailed(shown, reason) from None
         finally:
             conn.close()
