@@ -48,6 +48,7 @@ if _spec.name not in sys.modules:
     _spec.loader.exec_module(_agent_fixtures)
 loop_device = _agent_fixtures.loop_device
 image_server = _agent_fixtures.image_server
+qemu_img = _agent_fixtures.qemu_img
 ImageServer = _agent_fixtures.ImageServer
 
 MAC = "52:54:00:aa:bb:01"
@@ -325,6 +326,33 @@ def test_image_deploy_manual_management_reboots_through_the_agent(
         time.sleep(0.1)
     assert read(agent.dev, 0, len(IMAGE)) == IMAGE
     assert "reboots the machine into the instance" in history(api, uuid)
+
+
+def test_qcow2_image_deploy(
+    make_api: Callable[..., LiveApi],
+    make_agent: Callable[..., Agent],
+    images: str,
+    qemu_img: str,
+    tmp_path: Path,
+) -> None:
+    raw, qcow2 = tmp_path / "src.raw", tmp_path / "src.qcow2"
+    raw.write_bytes(IMAGE)
+    subprocess.run([qemu_img, "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)],
+                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    api = make_api()
+    reply = api.request("PUT", "/v1/images/disk.qcow2", raw=qcow2.read_bytes(),
+                        headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+    assert reply.status == 201, reply.raw
+    uuid = new_node(api)
+    available(api, uuid)
+    set_image(api, uuid, image_fields(images, image_source=f"{images}/disk.qcow2",
+                                      image_disk_format="qcow2",
+                                      image_os_hash_value=reply.json["sha256"]))  # fmt: skip
+    verb(api, uuid, "deploy")
+    agent = make_agent(api)
+    node = wait_for(api, uuid, "active", "deploy failed")
+    assert node["provision_state"] == "active", (node["last_error"], agent.output())
+    assert read(agent.dev, 0, len(IMAGE)) == IMAGE  # converted onto the disk
 
 
 def test_image_checksum_accepted_as_image_checksum(
