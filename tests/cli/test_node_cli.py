@@ -161,3 +161,21 @@ def test_auth_and_connection_errors(server: tuple[str, Path], tmp_path: Path) ->
         node, ["--url", f"http://127.0.0.1:{_free_port()}", "--data-dir", str(empty), "list"]
     )
     assert result.exit_code == 1 and "cannot reach the pxeforge API" in result.output
+
+
+def test_wait_timeout_exits_2_through_the_pxeforge_command(server: tuple[str, Path]) -> None:
+    """The real entry point (not CliRunner) keeps `--wait`'s exit status: 2 on timeout."""
+    run(server, "create", "--driver", "fake-hardware", "--name", "t1", "--driver-info",
+        "fake_id=t1")  # fmt: skip
+    run(server, "manage", "t1", "--wait")
+    run(server, "provide", "t1", "--wait")
+    run(server, "set", "t1", "--instance-info", "deploy_interface=kickstart",
+        "--instance-info", "kernel=k", "--instance-info", "ramdisk=r")  # fmt: skip
+    url, data = server
+    proc = subprocess.run(
+        [sys.executable, "-m", "pxeforge", "node", "--url", url, "--data-dir", str(data),
+         "deploy", "t1", "--wait", "--timeout", "1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "wait call-back" in proc.stdout + proc.stderr

@@ -60,7 +60,8 @@ def cli(verbose: int, quiet: bool) -> None:
 
 def main() -> None:
     try:
-        cli.main(standalone_mode=False)
+        # without standalone mode click *returns* the status of ctx.exit(n) / Exit(n)
+        status = cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -73,6 +74,8 @@ def main() -> None:
     except PxeforgeError as exc:
         click.echo(f"pxeforge: {exc}", err=True)
         sys.exit(1)
+    if isinstance(status, int) and not isinstance(status, bool) and status != 0:
+        sys.exit(status)
 
 
 if __name__ == "__main__":
