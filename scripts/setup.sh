@@ -15,7 +15,8 @@ debs=(python3 python3-venv python3-pip ca-certificates iproute2 qemu-system-x86 
 # Tests: real TFTP/DHCP/HTTP clients and the rpm tools that build fixtures.
 test_debs=(curl atftp tftp-hpa udhcpc isc-dhcp-client rpm postgresql openipmi ipmitool zstd xz-utils bzip2 lz4
            qemu-utils  # qemu-img: the oracle of the agent's qcow2 tests
-           chromium)  # the dashboard's browser tests (driven over the DevTools protocol)
+           chromium  # the dashboard's browser tests (driven over the DevTools protocol)
+           dosfstools mtools syslinux syslinux-efi)  # the lab's bootable disk image (lab/image.py)
 [ $want_test = 1 ] && debs+=("${test_debs[@]}")
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
