@@ -121,7 +121,9 @@ def test_grub_quotes_shell_characters_and_maps_http_urls() -> None:
 
 def test_grub_localboot_chains_disk_or_exits() -> None:
     text = render_grub(BootSpec(kernel="", localboot=True))
-    assert "chainloader ($esp)/EFI/BOOT/BOOTX64.EFI" in text
+    # root moves to the disk: chainloader hands the image the root device, not the path's
+    assert "search --no-floppy --file --set=root /EFI/BOOT/BOOTX64.EFI" in text
+    assert "chainloader /EFI/BOOT/BOOTX64.EFI" in text
     assert "    exit\n" in text
     assert "linux" not in text
 
@@ -157,10 +159,11 @@ def test_ipxe_seed_spec_urls_passed_through_and_duplicate_names() -> None:
 
 def test_ipxe_localboot_exit_or_sanboot_for_bios() -> None:
     local = BootSpec(kernel="", localboot=True)
-    assert render_ipxe(local, http_base=HTTP) == "#!ipxe\nexit\n"
-    assert render_ipxe(local, http_base=HTTP, firmware=Firmware.EFI_X64) == "#!ipxe\nexit\n"
+    # a failure status: UEFI's boot manager then tries the next boot option (the disk)
+    assert render_ipxe(local, http_base=HTTP) == "#!ipxe\nexit 1\n"
+    assert render_ipxe(local, http_base=HTTP, firmware=Firmware.EFI_X64) == "#!ipxe\nexit 1\n"
     assert render_ipxe(local, http_base=HTTP, firmware=Firmware.BIOS) == (
-        "#!ipxe\nsanboot --no-describe --drive 0x80 || exit\nexit\n"
+        "#!ipxe\nsanboot --no-describe --drive 0x80 || exit 1\nexit 1\n"
     )
 
 
@@ -173,9 +176,9 @@ def test_ipxe_chain_tries_every_nic_and_sleeps_before_retrying() -> None:
     text = render_ipxe_chain(HTTP + "/")
     assert text.startswith("#!ipxe\n")
     assert (
-        f"chain --autofree {HTTP}/ipxe?mac=${{net${{idx}}/mac}}&uuid=${{uuid}}"
+        f"chain --replace --autofree {HTTP}/ipxe?mac=${{net${{idx}}/mac}}&uuid=${{uuid}}"
         "&arch=${buildarch}&platform=${platform} || goto next\n"
-    ) in text
+    ) in text  # replaced: the machine's script's exit status reaches the firmware
     assert "inc idx\ngoto nic\n" in text
     assert "sleep 10\ngoto start\n" in text
 

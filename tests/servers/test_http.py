@@ -214,7 +214,8 @@ def test_boot_ipxe_chain_script(tree: Path) -> None:
         got = await curl(f"{base}/boot.ipxe")
         assert got.status == 200
         assert got.body.decode() == render_ipxe_chain(base)
-        assert f"chain --autofree {base}/ipxe?mac=${{net${{idx}}/mac}}" in got.body.decode()
+        chain = f"chain --replace --autofree {base}/ipxe?mac=${{net${{idx}}/mac}}"
+        assert chain in got.body.decode()
 
     run(tree, scenario)
 
@@ -258,7 +259,7 @@ def test_ipxe_localboot_sanboot_only_on_bios(tree: Path) -> None:
         )
         assert "sanboot --no-describe --drive 0x80" in bios.body.decode()
         efi = await curl(f"{base}/ipxe?mac={MAC}&arch=x86_64&platform=efi")
-        assert efi.body.decode() == "#!ipxe\nexit\n"
+        assert efi.body.decode() == "#!ipxe\nexit 1\n"
 
     run(tree, scenario, booter=booter)
 

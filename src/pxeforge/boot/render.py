@@ -65,6 +65,9 @@ DEFAULT_LABEL = "pxeforge"
 LOCAL_LABEL = "local"
 #: What a BIOS iPXE does to boot the first local disk (Ironic does the same); UEFI uses ``exit``.
 IPXE_BIOS_SANBOOT = "sanboot --no-describe --drive 0x80"
+#: How an iPXE script hands the machine back to its firmware: a failure status, so that UEFI
+#: tries its next boot option (see `render_ipxe`).
+IPXE_LOCAL_EXIT = "exit 1"
 #: The removable-media loader every UEFI firmware looks for (UEFI spec §3.5.1.1).
 EFI_FALLBACK_LOADER = "/EFI/BOOT/BOOTX64.EFI"
 #: Seconds the iPXE chain script waits before asking again when nobody answered for any NIC.
@@ -241,7 +244,10 @@ def render_grub(spec: BootSpec) -> str:
 
     ``spec.extra``: ``ks``, ``label`` (menu entry title), ``timeout`` (seconds, default 0).
     Local boot chains the first disk's removable-media loader and otherwise exits to the
-    firmware, which then tries its next boot option.
+    firmware, which then tries its next boot option. The search sets ``root``, not just a
+    variable: GRUB's ``chainloader`` gives the loaded image the *root* device as its device
+    (``grub_device_open(0)``), whatever device the path names — with root still the network,
+    a loader that reads its own partition (syslinux.efi, the lab's image) finds nothing.
     """
     _check_spec(spec)
     timeout = spec.extra.get("timeout", "0")
@@ -251,8 +257,8 @@ def render_grub(spec: BootSpec) -> str:
     if spec.localboot:
         lines += [
             f"menuentry '{LOCAL_LABEL}' {{",
-            f"    if search --no-floppy --file --set=esp {EFI_FALLBACK_LOADER}; then",
-            f"        chainloader ($esp){EFI_FALLBACK_LOADER}",
+            f"    if search --no-floppy --file --set=root {EFI_FALLBACK_LOADER}; then",
+            f"        chainloader {EFI_FALLBACK_LOADER}",
             "        boot",
             "    fi",
             "    exit",
@@ -299,8 +305,14 @@ def _image_names(urls: list[str]) -> list[str]:
 def render_ipxe(spec: BootSpec, *, http_base: str, firmware: Firmware | None = None) -> str:
     """An iPXE script that boots ``spec``; ``spec.ipxe_script``, when set, is returned as is.
 
-    Local boot: ``exit`` (back to the firmware's next boot option); with
+    Local boot: ``exit 1`` (back to the firmware's next boot option); with
     ``firmware=Firmware.BIOS`` it first tries ``sanboot`` of the first hard disk.
+
+    The status matters on UEFI: an NBP that returns EFI_SUCCESS means "booted" to EDK2's boot
+    manager (BdsDxe), which then shows its setup menu instead of trying the next boot option
+    — measured with OVMF: the disk was never tried. ``exit 1`` makes iPXE return an error, and
+    `render_ipxe_chain` runs this script with ``chain --replace`` so the status reaches the
+    firmware instead of the chain script.
     """
     if spec.ipxe_script is not None:
         script = spec.ipxe_script
@@ -312,8 +324,8 @@ def render_ipxe(spec: BootSpec, *, http_base: str, firmware: Firmware | None = N
         lines.append(f"echo {spec.message}")
     if spec.localboot:
         if firmware is Firmware.BIOS:
-            lines.append(f"{IPXE_BIOS_SANBOOT} || exit")
-        lines.append("exit")
+            lines.append(f"{IPXE_BIOS_SANBOOT} || {IPXE_LOCAL_EXIT}")
+        lines.append(IPXE_LOCAL_EXIT)
         return "\n".join(lines) + "\n"
     urls = [_http_ref(r, http_base) for r in spec.initrds]
     names = _image_names(urls)
@@ -333,7 +345,10 @@ def render_ipxe_chain(http_base: str) -> str:
     """``boot.ipxe``: ask ``/ipxe`` for a script once per NIC, then wait and start over.
 
     Each NIC's MAC is tried in turn (a machine may PXE-boot from its second port); a 404 makes
-    ``chain`` fail and moves to the next NIC. When no NIC got an answer the script sleeps
+    ``chain`` fail and moves to the next NIC. A script that was fetched *replaces* this one
+    (``--replace``: iPXE runs it once this script has ended, at the ``exit`` that follows), so
+    its exit status — a local boot's ``exit 1`` — is what iPXE returns to the firmware rather
+    than a failed ``chain`` here. When no NIC got an answer the script sleeps
     `IPXE_RETRY_SECONDS` and starts again, so an unknown machine never spins in a tight loop.
     """
     check_ref(http_base, "http_base")
@@ -346,8 +361,8 @@ def render_ipxe_chain(http_base: str) -> str:
             "set idx:int32 0",
             ":nic",
             "isset ${net${idx}/mac} || goto none",
-            f"chain --autofree {base}/ipxe?{query} || goto next",
-            "exit",
+            f"chain --replace --autofree {base}/ipxe?{query} || goto next",
+            "exit",  # ends this script; iPXE then runs the replacement
             ":next",
             "inc idx",
             "goto nic",
