@@ -69,7 +69,27 @@ def test_uefi_command_line(tmp_path: Path) -> None:
     assert _opt(argv, "-device") == [
         "virtio-net-pci,netdev=net0,mac=52:54:00:77:01:10,romfile=,bootindex=1"
     ]
-    assert "-boot" not in argv and "-fw_cfg" not in argv
+    assert "-boot" not in argv
+    assert all(v.startswith("name=opt/org.tianocore/") for v in _opt(argv, "-fw_cfg"))
+
+
+def test_disk_paused_and_ovmf_network_options(tmp_path: Path) -> None:
+    files = VmFiles.in_dir(tmp_path, "vm0")
+    disk = tmp_path / "d.raw"
+    bios = VmSpec("vm0", vm_mac(0), "tap0", VmFirmware.BIOS, disk=disk, paused=True)
+    argv = qemu_argv(bios, files)
+    assert "-S" in argv  # powered off until QMP cont (the lab power driver)
+    assert f"file={disk},format=raw,if=none,id=disk0,cache=unsafe" in _opt(argv, "-drive")
+    assert "virtio-blk-pci,drive=disk0" in _opt(argv, "-device")  # BIOS: -boot n, then disk
+    uefi = VmSpec("vm0", vm_mac(0, VmFirmware.UEFI), "tap0", VmFirmware.UEFI, disk=disk)
+    argv = qemu_argv(uefi, files)
+    assert "-S" not in argv
+    # OVMF: network first, the disk next (local boot hands back to the firmware)
+    assert "virtio-blk-pci,drive=disk0,bootindex=2" in _opt(argv, "-device")
+    assert _opt(argv, "-fw_cfg") == [
+        "name=opt/org.tianocore/IPv6PXESupport,string=no",
+        "name=opt/org.tianocore/IPv6Support,string=no",
+    ]
 
 
 def test_vm_runs_inside_the_namespace(tmp_path: Path) -> None:

@@ -18,15 +18,17 @@ import pytest
 from click.testing import CliRunner
 
 from pxeforge.cli.lab import format_summary, lab
-from pxeforge.config import BootMethod
+from pxeforge.config import BootMethod, load_toml
 from pxeforge.errors import StartupError
 from pxeforge.lab import netns
+from pxeforge.lab.guest import Guest
 from pxeforge.lab.qemu import VmFirmware
 from pxeforge.lab.run import (
     Lab,
     LabConfig,
     LabResult,
     VmResult,
+    _toml_line,
     boot_path_name,
     clean_console,
 )
@@ -42,6 +44,37 @@ def test_config_defaults_and_checks() -> None:
             LabConfig(**bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="/24"):
         LabConfig(address=IPv4Interface("10.0.0.1/30"))
+
+
+def _argv(cfg: LabConfig, tmp_path: Path) -> list[str]:
+    handle = Lab(cfg)
+    handle.guest = Guest(tmp_path / "k", tmp_path / "i", "v", "p")
+    handle.root = tmp_path
+    return handle.server_argv()
+
+
+def test_server_settings_become_a_config_file(tmp_path: Path) -> None:
+    settings: dict[str, str | int | float | bool] = {
+        "deploy_callback_timeout": 45,
+        "check_provision_state_interval": 2.5,
+        "auto_enroll": False,
+        "agent_cmdline": 'a "b c"',
+    }
+    argv = _argv(LabConfig(workdir=tmp_path, server_settings=settings), tmp_path)
+    config = tmp_path / "serve.toml"
+    assert argv[argv.index("--config") + 1] == str(config)
+    config.write_text("".join(_toml_line(k, v) for k, v in settings.items()))
+    assert load_toml(config) == {
+        "deploy_callback_timeout": 45.0,
+        "check_provision_state_interval": 2.5,
+        "auto_enroll": False,
+        "agent_cmdline": 'a "b c"',
+    }
+    assert "--config" not in _argv(LabConfig(workdir=tmp_path), tmp_path)
+    with pytest.raises(ValueError, match="TOML scalar"):
+        LabConfig(server_settings={"x": [1]})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="name"):
+        _toml_line("a = 1\nb", 1)
 
 
 def test_every_path_has_a_name() -> None:

@@ -12,6 +12,14 @@ QMP to it and stops it. The choices come from measurements on these machines (do
 * UEFI: ``q35`` with ``OVMF_CODE_4M.fd`` and a per-VM copy of ``OVMF_VARS_4M.fd``. The NIC
   gets ``romfile=`` (empty: QEMU's virtio ROM carries an iPXE EFI driver that takes over UEFI
   PXE and breaks shim) and ``bootindex=1`` (OVMF ignores ``-boot n``).
+* Disks: a raw image on virtio-blk (``vda``). The network stays the first boot device; the
+  disk is what a local-boot answer (pxelinux ``localboot``, GRUB, iPXE ``exit 1``) hands
+  back to: SeaBIOS tries it after ``-boot n``'s network, OVMF gets ``bootindex=2``. OVMF's
+  other network boot options (PXE over IPv6, HTTP boot over IPv6) are switched off through
+  fw_cfg (`OVMF_NETBOOT_OFF`), else each is tried first, costing a DHCP timeout. HTTP boot
+  over IPv4 stays: its fw_cfg knob turns off PXE over IPv4 too (measured).
+* Power: ``paused`` starts QEMU with ``-S`` (run state ``prelaunch``): the VM is "off" until
+  a power driver (`pxeforge.drivers.lab`, QMP ``cont``) turns it on.
 * Acceleration: `probe_kvm` runs OVMF under KVM once; on nested hosts it dies at once with
   "KVM internal error … emulation failure", and the lab falls back to TCG.
 
@@ -58,6 +66,10 @@ __all__ = [
 QEMU = "qemu-system-x86_64"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+#: OVMF's network boot options the lab turns off (fw_cfg, OvmfPkg/RUNTIME_CONFIG.md): PXE over
+#: IPv6 and HTTP boot over IPv4 and IPv6. Each is one more boot option on the NIC, tried before
+#: the disk when PXE over IPv4 hands back (local boot), each costing a DHCP timeout.
+OVMF_NETBOOT_OFF = ("IPv6PXESupport", "IPv6Support")
 SERCON_PORT = b"\xf8\x03"  # COM1 = 0x3f8, little-endian, for SeaBIOS's etc/sercon-port
 
 
@@ -90,6 +102,7 @@ class VmSpec:
     accel: str = "tcg"  # "tcg" or "kvm"
     cpus: int = 1
     disk: Path | None = None  # a raw image attached as a virtio-blk disk (vda)
+    paused: bool = False  # start powered off (``-S``: prelaunch) until QMP ``cont``
 
     @property
     def smbios_uuid(self) -> str:
@@ -133,8 +146,16 @@ def qemu_argv(spec: VmSpec, files: VmFiles, *, qemu: str = QEMU) -> list[str]:
         "-qmp", f"unix:{files.qmp_socket},server=on,wait=off",
         "-netdev", f"tap,id=net0,ifname={spec.tap},script=no,downscript=no",
     ]  # fmt: skip
+    if spec.paused:
+        argv.append("-S")
     if spec.disk is not None:
-        argv += ["-drive", f"file={spec.disk},format=raw,if=virtio,cache=unsafe"]
+        disk = "virtio-blk-pci,drive=disk0"
+        if spec.firmware is VmFirmware.UEFI:
+            disk += ",bootindex=2"  # OVMF: the disk right after the network (local boot)
+        argv += [
+            "-drive", f"file={spec.disk},format=raw,if=none,id=disk0,cache=unsafe",
+            "-device", disk,
+        ]  # fmt: skip
     nic = f"virtio-net-pci,netdev=net0,mac={spec.mac}"
     if spec.firmware is VmFirmware.BIOS:
         argv += [
@@ -150,6 +171,8 @@ def qemu_argv(spec: VmSpec, files: VmFiles, *, qemu: str = QEMU) -> list[str]:
             "-drive", f"if=pflash,format=raw,unit=1,file={files.vars}",
             "-device", f"{nic},romfile=,bootindex=1",
         ]  # fmt: skip
+        for knob in OVMF_NETBOOT_OFF:  # PXE over IPv4 is the lab's only network boot option
+            argv += ["-fw_cfg", f"name=opt/org.tianocore/{knob},string=no"]
     return argv
 
 
@@ -262,6 +285,46 @@ class Vm:
 
     def qmp(self) -> Qmp:
         return Qmp(self.files.qmp_socket)
+
+    def console(self, start: int = 0) -> str:
+        """The serial console from byte ``start`` on (raw: escape sequences, CRs kept)."""
+        try:
+            with open(self.files.serial_log, "rb") as f:
+                f.seek(start)
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def console_size(self) -> int:
+        """Bytes on the serial console so far: a ``start`` for `wait_console`."""
+        try:
+            return self.files.serial_log.stat().st_size
+        except OSError:
+            return 0
+
+    def wait_console(
+        self, needle: str, timeout: float, *, start: int = 0, poll: float = 0.5
+    ) -> str:
+        """Wait until ``needle`` appears on the serial console after byte ``start``; return
+        the line it is on. `TimeoutError` (with the console's tail) when it does not come in
+        ``timeout`` seconds or QEMU ends first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.console(start)
+            at = text.find(needle)
+            if at >= 0:
+                line_start = text.rfind("\n", 0, at) + 1
+                line_end = text.find("\n", at)
+                return text[line_start : None if line_end < 0 else line_end].strip()
+            ended = self.exited()
+            if ended is not None or time.monotonic() > deadline:
+                why = f"QEMU exited ({ended})" if ended is not None else f"{timeout:.0f} s passed"
+                tail = "\n".join(text.splitlines()[-25:])
+                raise TimeoutError(
+                    f"{self.spec.name}: {needle!r} not on the console ({why}); console tail:\n"
+                    + tail
+                )
+            time.sleep(poll)
 
     def stop(self, grace: float = 5.0) -> None:
         """Ask QEMU to quit over QMP, then fall back to signals; always waits for it."""

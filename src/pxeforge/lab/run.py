@@ -20,6 +20,13 @@ opened inside the namespace. A VM passes only when a callback arrived with its M
 the run's unique token in the kernel command line — proof that the kernel pxeforge served ran
 with the parameters pxeforge set. Timings (DHCP ACK, kernel request, callback) are read from
 the capture, relative to the moment its QEMU started.
+
+Lifecycle tests drive the VMs through pxeforge's own API instead (`Lab.start_vms`, `Lab.api`):
+the VMs start powered off (``paused``) with a disk (``disk_mb``, or a copy of ``disk_image``),
+the ``lab`` power driver turns them on through their QMP sockets (`Lab.driver_info`), deploy
+images come from `Lab.serve_directory` (an HTTP server in the namespace), the server takes
+extra `Settings` (``server_settings``: short wait timeouts), and `pxeforge.lab.ra` answers
+iPXE's router solicitations (``router_advertisements``) so each iPXE boot is ~15 s shorter.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import http.client
 import json
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,6 +65,7 @@ from pxeforge.lab.capture import (
     read_events,
 )
 from pxeforge.lab.qemu import Vm, VmFiles, VmFirmware, VmSpec, probe_kvm, vm_mac
+from pxeforge.lab.ra import RouterAdvertiser
 
 __all__ = [
     "CALLBACKS_PATH",
@@ -122,6 +131,16 @@ class LabConfig:
     api_port: int = 6385
     cpus: int = 1
     disk_mb: int = 0  # > 0: each VM gets a sparse raw disk of this size (virtio-blk, vda)
+    # each VM's disk starts as a copy of this raw image (grown to disk_mb when that is larger)
+    disk_image: Path | None = None
+    # VMs start powered off (QEMU -S, run state prelaunch) and wait for a power driver (the
+    # `lab` driver, QMP: `Lab.driver_info`) to power them on
+    paused: bool = False
+    # more `Settings` for the server (written to a TOML file passed as --config), e.g.
+    # {"deploy_callback_timeout": 60, "check_provision_state_interval": 2}
+    server_settings: dict[str, str | int | float | bool] = field(default_factory=dict)
+    # answer iPXE's IPv6 router solicitations (`pxeforge.lab.ra`): ~15 s less per iPXE boot
+    router_advertisements: bool = False
 
     def __post_init__(self) -> None:
         if (self.kernel is None) != (self.initrd is None):
@@ -136,6 +155,9 @@ class LabConfig:
             raise ValueError("--timeout must be positive")
         if self.accel not in ("auto", "kvm", "tcg"):
             raise ValueError(f"accel must be auto, kvm or tcg, not {self.accel!r}")
+        for key, value in self.server_settings.items():
+            if not isinstance(value, (str, int, float, bool)):
+                raise ValueError(f"server setting {key}: {value!r} is not a TOML scalar")
         if self.address.network.num_addresses < 256:
             raise ValueError(f"the lab wants at least a /24, not {self.address.network}")
 
@@ -286,6 +308,9 @@ class Lab:
         self.server_log = self.workdir / "server.log"
         self.capture = Capture(self.name, self.net.bridge, self.pcap, self.workdir / "tcpdump.log")
         self.server: subprocess.Popen[bytes] | None = None
+        self.server_config = self.workdir / "serve.toml"
+        self.helpers: list[subprocess.Popen[bytes]] = []  # serve_directory's HTTP servers
+        self.ra: RouterAdvertiser | None = None
         self.vms: list[Vm] = []
         self.guest: guest_mod.Guest | None = None
         self.root: Path | None = None
@@ -326,7 +351,8 @@ class Lab:
             + ["--http-port", str(self.config.http_port)]
             + ["--root", str(self.root), "--data-dir", str(self.workdir / "data")]
             + self._boot_args()
-            + ["--boot-method", self.config.boot_method.value],
+            + ["--boot-method", self.config.boot_method.value]
+            + (["--config", str(self.server_config)] if self.config.server_settings else []),
         )
 
     def _boot_args(self) -> list[str]:
@@ -383,10 +409,17 @@ class Lab:
         netns.create(self.net)
         self._created = True
         self._say("setup", f"namespace {self.name}: {self.net.bridge} {self.config.address}")
+        if self.config.router_advertisements:
+            self.ra = RouterAdvertiser(self.name, self.net.bridge, self.net.bridge_mac)
+            self.ra.start()
         self.capture.start()
         self._start_server()
 
     def _start_server(self, timeout: float = 20.0) -> None:
+        if self.config.server_settings:
+            self.server_config.write_text(
+                "".join(_toml_line(k, v) for k, v in self.config.server_settings.items())
+            )
         self.server = procs.start(self.server_argv(), self.server_log, what="pxeforge serve")
         want_udp = {67, 69}
         deadline = time.monotonic() + timeout
@@ -409,6 +442,36 @@ class Lab:
             f"69 within {timeout:.0f} s:\n" + procs.tail(self.server_log, 15)
         )
 
+    def serve_directory(self, directory: Path, port: int = 8081, timeout: float = 20.0) -> str:
+        """Serve ``directory`` over HTTP on the bridge address (Python's ``http.server``,
+        inside the namespace, stopped by `close`): test images for deploys. Returns the base
+        URL (no trailing slash)."""
+        if not self._created:
+            raise StartupError("lab: start() first")
+        argv = netns.ns_exec(
+            self.name,
+            [sys.executable, "-m", "http.server", str(port)]
+            + ["--bind", self.server_ip, "--directory", str(directory)],
+        )
+        log = self.workdir / f"http-{port}.log"
+        proc = procs.start(argv, log, what="python3 -m http.server")
+        self.helpers.append(proc)
+        deadline = time.monotonic() + timeout
+        while port not in _listening_ports(proc.pid)[0]:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise StartupError(
+                    f"lab: the HTTP server for {directory} did not listen on {port}:\n"
+                    + procs.tail(log, 15)
+                )
+            time.sleep(0.1)
+        self._say("setup", f"serving {directory} at http://{self.server_ip}:{port}/")
+        return f"http://{self.server_ip}:{port}"
+
+    @staticmethod
+    def driver_info(vm: Vm) -> dict[str, str]:
+        """A node's ``driver_info`` for the ``lab`` power driver (QMP) of ``vm``."""
+        return {"lab_qmp_socket": str(vm.files.qmp_socket.resolve())}
+
     # ----------------------------------------------------------------------------- boot
 
     def _make_vms(self) -> None:
@@ -424,15 +487,20 @@ class Lab:
                 accel=self.accel,
                 cpus=self.config.cpus,
                 disk=self._make_disk(name),
+                paused=self.config.paused,
             )
             self.vms.append(Vm(spec, VmFiles.in_dir(self.workdir, name), self.name))
 
     def _make_disk(self, name: str) -> Path | None:
-        if not self.config.disk_mb:
+        if not self.config.disk_mb and self.config.disk_image is None:
             return None
         disk = self.workdir / f"{name}.disk.raw"
-        with open(disk, "wb") as f:  # sparse: costs no space
-            f.truncate(self.config.disk_mb * 1024 * 1024)
+        size = self.config.disk_mb * 1024 * 1024
+        if self.config.disk_image is not None:
+            shutil.copyfile(self.config.disk_image, disk)
+            size = max(size, disk.stat().st_size)
+        with open(disk, "r+b" if disk.exists() else "wb") as f:  # sparse: costs no space
+            f.truncate(size)
         return disk
 
     def start_vms(self) -> list[Vm]:
@@ -629,9 +697,13 @@ class Lab:
         with _no_interrupts():
             for vm in self.vms:
                 vm.stop()
+            for helper in self.helpers:
+                procs.stop(helper, grace=5.0)
             if self.server is not None:
                 procs.stop(self.server, grace=5.0)
             self.capture.stop()
+            if self.ra is not None:
+                self.ra.stop()
             if self._created:
                 netns.delete(self.net)
                 self._created = False
@@ -643,6 +715,7 @@ class Lab:
             pids.append(self.server.pid)
         if self.capture.proc is not None:
             pids.append(self.capture.proc.pid)
+        pids += [h.pid for h in self.helpers if h.poll() is None]
         script = self.workdir / "teardown.sh"
         script.write_text(
             "#!/bin/sh\n# stop what `pxeforge lab --keep` left running, then remove its namespace\n"
@@ -682,6 +755,18 @@ class Lab:
             self.report(self.keep_notes())
             return
         self.close()
+
+
+def _toml_line(key: str, value: str | int | float | bool) -> str:
+    """One ``key = value`` TOML line (a JSON string is a valid TOML basic string here: the
+    values are ours, printable)."""
+    if not key.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"server setting name {key!r}")
+    if isinstance(value, bool):
+        return f"{key} = {'true' if value else 'false'}\n"
+    if isinstance(value, str):
+        return f"{key} = {json.dumps(value)}\n"
+    return f"{key} = {value!r}\n"
 
 
 def run_lab(config: LabConfig, report: Reporter = lambda _m: None) -> LabResult:
