@@ -222,17 +222,20 @@ def _steps(params: dict[str, Any], progress: Callable[[str], None]) -> dict[str,
         "hardware_manager_version": {"generic_hardware_manager": "1.2"}}  # fmt: skip
 
 
-def _burning(params: dict[str, Any], progress: Callable[[str], None]) -> None:
-    raise CleaningError("/dev/vda: zeroing failed: EIO")
-
-
 def test_failed_clean_step_fails_cleaning(rig: Callable[[list[Command]], Rig]) -> None:
+    go = threading.Event()
+
+    def burning(params: dict[str, Any], progress: Callable[[str], None]) -> None:
+        go.wait(10)
+        raise CleaningError("/dev/vda: zeroing failed: EIO")
+
     r = rig([Command("clean.get_clean_steps", _steps),
-             Command("clean.execute_clean_step", _burning, is_async=True)])  # fmt: skip
+             Command("clean.execute_clean_step", burning, is_async=True)])  # fmt: skip
     uuid = r.node("clean wait")
     node = r.heartbeat(uuid)  # steps planned, the first started
     assert node.provision_state == "clean wait", node.last_error
     assert node.driver_internal_info["clean_step"]["step"] == "erase_devices_metadata"
+    go.set()
     r.wait_idle_agent()
     node = r.heartbeat(uuid)  # the agent's "command ended" heartbeat
     assert node.provision_state == "clean failed"
