@@ -75,3 +75,17 @@ def test_subscribers_get_events_from_other_threads_and_overflow_is_counted() -> 
         assert tl.subscribers == 0
 
     asyncio.run(main())
+
+
+def test_total_events_are_bounded_least_recent_keys_first() -> None:
+    tl = Timeline(per_key=4, max_keys=100, max_events=10)
+    for i in range(5):
+        for _ in range(3):
+            tl.record("dhcp", "discover", f"m{i}", mac=f"02:00:00:00:00:0{i}")
+    # 15 recorded, at most 10 kept: the two oldest keys went whole
+    assert len(tl) == 9 and tl.evicted_keys == 2
+    assert [s.key[-1] for s in tl.summaries()] == ["4", "3", "2"]
+    for _ in range(10):  # per_key caps one key without counting twice
+        tl.record("dhcp", "discover", "m4", mac="02:00:00:00:00:04")
+    assert len(tl) == 10 and len(tl.events(["02:00:00:00:00:04"])) == 4
+    assert tl.recorded == 25

@@ -113,6 +113,7 @@ class Settings:
     timeline: bool = True  # record events (off: the timeline stays empty; for benchmarks)
     timeline_per_key: int = 256  # events kept per MAC / node
     timeline_max_keys: int = 20000  # MACs / nodes kept; the least recently active go first
+    timeline_max_events: int = 200_000  # events kept in all (~700 B each): the memory bound
 
     @property
     def http_base(self) -> str:
@@ -192,7 +193,7 @@ def _coerce(name: str, value: Any) -> Any:
                 if isinstance(value, bool) or not isinstance(value, int):
                     raise TypeError(f"expected an integer port, got {value!r}")
                 return value
-            case "timeline_per_key" | "timeline_max_keys":
+            case "timeline_per_key" | "timeline_max_keys" | "timeline_max_events":
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                     raise TypeError(f"expected a positive integer, got {value!r}")
                 return value

@@ -6,9 +6,10 @@ Every service records what it does for a machine as an `Event` — DHCP decision
 transfers, HTTP fetches, the agent's lookups and heartbeats, power actions, state transitions —
 keyed by the machine's MAC (lower-case ``aa:bb:…``) or, when no MAC is known (a transition
 made by the API), by the node's UUID. `Timeline` keeps the last ``per_key`` events of each of
-the ``max_keys`` most recently active keys (older keys are evicted whole, least recently
-active first), so memory is bounded whatever the wire sends: an unknown MAC that PXE-boots in a
-loop costs at most ``per_key`` events.
+the ``max_keys`` most recently active keys, and at most ``max_events`` events in all (older keys
+are evicted whole, least recently active first), so memory is bounded whatever the wire sends:
+an unknown MAC that PXE-boots in a loop costs at most ``per_key`` events, and 10,000 machines
+booting at once cannot take more than ``max_events`` (about 700 bytes each).
 
 It is cheap enough for the hot paths: `Timeline.record` builds one small frozen object and
 appends it to a `collections.deque` under a lock (DHCP and TFTP run on the event loop, the
@@ -64,8 +65,8 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple
 
 __all__ = [
     "LEVELS",
@@ -81,15 +82,17 @@ _EMPTY: Final[Mapping[str, Any]] = {}
 
 def normalize_key(key: str) -> str:
     """A MAC ``AA-BB-…`` / ``aa:bb:…`` → ``aa:bb:…``; anything else (a node UUID) lower-cased."""
-    k = key.strip().lower()
-    if len(k) == 17 and k[2] in ":-":
+    k = key.lower()
+    if len(k) != 17:
+        k = k.strip()
+    if len(k) == 17 and k[2] == "-":
         return k.replace("-", ":")
     return k
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One thing a service did for one machine."""
+class Event(NamedTuple):
+    """One thing a service did for one machine (a tuple: the cheapest immutable object to
+    build, which matters at thousands of DHCP requests a second)."""
 
     seq: int  # increasing over the whole timeline: the order of record() calls
     at: float  # wall-clock time.time()
@@ -99,7 +102,7 @@ class Event:
     mac: str | None = None
     node: str | None = None  # node UUID when known
     level: str = "info"
-    data: Mapping[str, Any] = field(default_factory=dict)
+    data: Mapping[str, Any] = _EMPTY
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -198,12 +201,15 @@ class Timeline:
         *,
         per_key: int = 256,
         max_keys: int = 20_000,
+        max_events: int = 200_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if per_key < 1 or max_keys < 1:
-            raise ValueError("per_key and max_keys must be at least 1")
+        if per_key < 1 or max_keys < 1 or max_events < 1:
+            raise ValueError("per_key, max_keys and max_events must be at least 1")
         self.per_key = per_key
         self.max_keys = max_keys
+        self.max_events = max_events
+        self._total = 0
         self._clock = clock
         self._lock = threading.Lock()
         self._keys: OrderedDict[str, _Key] = OrderedDict()
@@ -246,16 +252,22 @@ class Timeline:
                 level,
                 data if data is not None else _EMPTY,
             )
-            entry = self._keys.get(key)
+            keys = self._keys
+            entry = keys.get(key)
             if entry is None:
-                entry = self._keys[key] = _Key(self.per_key, event.at)
-                if len(self._keys) > self.max_keys:
-                    self._keys.popitem(last=False)
-                    self.evicted_keys += 1
+                entry = keys[key] = _Key(self.per_key, event.at)
             else:
-                self._keys.move_to_end(key)
-            entry.events.append(event)
+                keys.move_to_end(key)
+            events = entry.events
+            if len(events) != self.per_key:
+                self._total += 1
+            events.append(event)
             entry.count += 1
+            # bounded twice: keys, and events in all (the least recently active keys go first)
+            while (len(keys) > self.max_keys or self._total > self.max_events) and len(keys) > 1:
+                _, old = keys.popitem(last=False)
+                self._total -= len(old.events)
+                self.evicted_keys += 1
             if node is not None and mac is not None:
                 entry.node = node
             self.recorded += 1
@@ -319,8 +331,7 @@ class Timeline:
             return entry.events[-1] if entry is not None and entry.events else None
 
     def __len__(self) -> int:
-        with self._lock:
-            return sum(len(e.events) for e in self._keys.values())
+        return self._total
 
     # ---- live --------------------------------------------------------------------------------
 

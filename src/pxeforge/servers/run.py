@@ -112,7 +112,11 @@ async def start_services(settings: Settings, booter: Booter | None = None) -> Se
     from pxeforge.servers.tftp import start_tftp
 
     registry = ClientRegistry()
-    timeline = Timeline(per_key=settings.timeline_per_key, max_keys=settings.timeline_max_keys)
+    timeline = Timeline(
+        per_key=settings.timeline_per_key,
+        max_keys=settings.timeline_max_keys,
+        max_events=settings.timeline_max_events,
+    )
     services = Services(registry=registry, timeline=timeline)
     if settings.timeline:
         services.recorder = BootPlaneRecorder(timeline, registry, next_server=settings.address)
