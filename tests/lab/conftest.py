@@ -8,6 +8,8 @@ afresh into the test's own ``tmp_path``. Both tear the lab down before returning
 deleted, QEMU, server and tcpdump stopped by PID) — `pxeforge.lab.run.Lab` does that in a
 ``finally`` — and print the live progress, which pytest shows when a test fails.
 
+``agent_ramdisk`` is `pxeforge ramdisk build`'s output, built once per session.
+
 Tests marked ``lab`` are skipped, with the reason, when not root or when /dev/net/tun, QEMU,
 ip or tcpdump is missing; nowhere else.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,8 +26,10 @@ import pytest
 
 from pxeforge.config import BootMethod
 from pxeforge.lab import netns
+from pxeforge.lab.guest import default_cache_dir
 from pxeforge.lab.qemu import QEMU, VmFirmware
 from pxeforge.lab.run import Lab, LabConfig, LabResult
+from pxeforge.ramdisk.build import BuildConfig, BuildResult, build_ramdisk
 
 LabBoot = Callable[..., LabResult]
 
@@ -71,6 +76,21 @@ def _boot(
         leaked = netns.exists(lab.name)
         lab.close()
     assert not leaked, f"the lab left its namespace {lab.name} behind"
+    return result
+
+
+@pytest.fixture(scope="session")
+def agent_ramdisk(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
+    """``pxeforge ramdisk build``'s kernel and initramfs, built once per session (the parts
+    come from the shared cache, `default_cache_dir`, so a warm build only repacks)."""
+    if shutil.which("apt-get") is None:
+        pytest.skip("the ramdisk build downloads Debian packages with apt-get")
+    proc = subprocess.run(["apt-cache", "show", "python3.11-minimal"], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip("apt knows no python3.11-minimal (not Debian 12?)")
+    out = tmp_path_factory.mktemp("agent-ramdisk")
+    result = build_ramdisk(BuildConfig(out=out, cache=default_cache_dir()))
+    assert result.agent == "package", "the ramdisk carries the placeholder, not the agent"
     return result
 
 
