@@ -33,6 +33,7 @@ from pxeforge.boot.resolve import BootFiles
 from pxeforge.config import Settings
 from pxeforge.drivers.base import BootDevice, BootSetting, PowerState
 from pxeforge.images import ImageStore
+from pxeforge.recording import HistoryRecorder
 from pxeforge.servers.http import start_http
 
 from .conftest import LiveApi
@@ -264,6 +265,7 @@ def test_image_deploy_with_power_control(
     images: str,
 ) -> None:
     api = make_api(request.getfixturevalue("pg_url") if db == "postgresql" else None)
+    api.store.observers.append(HistoryRecorder(api.ctx.timeline, api.store))  # as serve does
     uuid = new_node(api)
     available(api, uuid)
     # the image as an operator stores it: PUT /v1/images/<name>, then its URL and sha256
@@ -302,6 +304,12 @@ def test_image_deploy_with_power_control(
     text = history(api, uuid)
     assert "The agent writes" in text and f"Image written to {agent.dev}" in text
     assert '"deploying" -> "active" on "done"' in text
+    # the conductor's own power actions are in the history, hence on the node's timeline
+    assert 'Boot device set to "pxe"' in text
+    assert 'to "power on" ("power on" asked)' in text
+    timeline = api.request("GET", f"/v1/nodes/{uuid}/timeline").json["events"]
+    power = [(e["kind"], e["data"].get("result")) for e in timeline if e["source"] == "power"]
+    assert ("on", "power on") in power and ("boot-device", "pxe") in power, power
     # undeploy: back to available (automated cleaning off in these settings)
     assert verb(api, uuid, "undeploy")["provision_state"] == "available"
     assert "deploy_result" not in api.node(uuid)["driver_internal_info"]

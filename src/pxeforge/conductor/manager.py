@@ -560,17 +560,22 @@ class Conductor:
         driver = self._driver(node)
         notes: list[str] = []
         note = driver.set_boot_device(node.driver_info, BootDevice.PXE, False)
+        notes.append('Boot device set to "pxe"')  # the history (and timeline) see each action
         if note:
             notes.append(note)
         current = driver.get_power_state(node.driver_info)
         if current == PowerState.POWER_ON:
+            asked = REBOOT
             note = driver.reboot(node.driver_info)
         else:
+            asked = POWER_ON
             note = driver.set_power_state(node.driver_info, PowerState.POWER_ON)
+        after = driver.get_power_state(node.driver_info)
+        new = _power(after) if after is not None else POWER_ON
+        notes.append(f'Power state changed from "{_power(current)}" to "{new}" ("{asked}" asked)')
         if note:
             notes.append(note)
-        after = driver.get_power_state(node.driver_info)
-        return _power(after) if after is not None else POWER_ON, notes
+        return new, notes
 
     def _inspect(self, node: NodeRecord) -> Step:
         internal = fresh_agent(node.driver_internal_info)  # the new ramdisk gets a new token
