@@ -180,7 +180,7 @@ def dhcp_records(event: DhcpEvent, next_server: str | None) -> tuple[Record, Rec
         )
     elif outcome.startswith("ignored:") or outcome == "forgotten":
         why = "chose another server" if outcome == "forgotten" else outcome[8:]
-        decision = Record("dhcp", "ignored", f"{mtype} ignored: {why}", data={"why": why})
+        decision = Record("dhcp", "ignored", f"{mtype} ignored: {why}", data={"why": why, "ip": ip})
     elif outcome == "nak":
         decision = Record(
             "dhcp", "nak", f"NAK{' for ' + ip if ip else ''}", "warning", data={"ip": ip}

@@ -43,6 +43,7 @@ from pxeforge.config import Settings
 from pxeforge.doctor import Context, Finding, diagnose
 from pxeforge.inventory.records import NodeRecord
 from pxeforge.inventory.store import MAX_LIMIT
+from pxeforge.recording import IP_PREFIX
 from pxeforge.timeline import Event
 
 __all__ = ["ARP_TABLE", "IP_KEY", "ROUTES", "install", "machine_view", "read_arp"]
@@ -50,7 +51,7 @@ __all__ = ["ARP_TABLE", "IP_KEY", "ROUTES", "install", "machine_view", "read_arp
 ROUTES = web.RouteTableDef()
 
 ARP_TABLE: Final = Path("/proc/net/arp")
-IP_KEY: Final = "ip:"  # `pxeforge.recording`: the timeline key of a client known by address
+IP_KEY: Final = IP_PREFIX  # the timeline key of a client known by its address only
 _NODE_FIELDS: Final = (
     "uuid",
     "name",

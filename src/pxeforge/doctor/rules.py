@@ -34,6 +34,7 @@ from pxeforge.inventory.states import (
     UNRESCUEFAIL,
     WAIT_STATES,
 )
+from pxeforge.recording import IP_PREFIX
 from pxeforge.timeline import Event
 from pxeforge.trace.explain import FileKind, arch_label, file_kind, firmware_loaders, loader_fits
 from pxeforge.trace.findings import OFFER_PATIENCE, STORM_MIN, STORM_RATIO
@@ -49,7 +50,7 @@ the agent takes 30–60 s; real servers POST for minutes)."""
 AGENT_PATIENCE: Final = 180.0
 """Seconds from the ramdisk's download to the agent's lookup before that counts as never."""
 _EVIDENCE_MAX: Final = 8
-IP_KEY: Final = "ip:"  # `pxeforge.recording`: the key of a client known by its address only
+IP_KEY: Final = IP_PREFIX  # the timeline key of a client known by its address only
 _SLACK: Final = 5.0  # seconds: a record's timestamp and the event that moved it differ a bit
 _LOADER_KINDS: Final = frozenset(
     {
