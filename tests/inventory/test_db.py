@@ -15,9 +15,10 @@ from pxeforge.inventory import db
 from pxeforge.inventory.models import Base
 from pxeforge.inventory.store import Store
 
-HEAD = "0002"  # the newest migration
+HEAD = "0003"  # the newest migration
 REPO = Path(__file__).resolve().parents[2]
-TABLES = {"alembic_version", "conductors", "node_history", "node_inventory", "nodes", "ports"}
+TABLES = {"alembic_version", "conductors", "inspection_rules", "node_history", "node_inventory",
+          "node_traits", "nodes", "ports"}  # fmt: skip
 
 
 def test_migrations_match_the_models(db_url: str) -> None:

@@ -12,12 +12,14 @@
         ├── NotFound                   404
         │   ├── NodeNotFound           404: no node with that UUID or name
         │   ├── NodeInventoryNotFound  404: no inventory stored for the node (yet)
+        │   ├── InspectionRuleNotFound 404: no inspection rule with that UUID
         │   └── PortNotFound           404: no port with that UUID or address
         └── Conflict                   409: the request is fine but clashes with current data
             ├── NodeLocked             409: another conductor holds the node's lock; retry later
             ├── InvalidState           409: the node's state forbids this (delete, concurrent edit)
             ├── NodeAlreadyExists      409: UUID taken
             ├── DuplicateName          409: name taken
+            ├── InspectionRuleAlreadyExists 409: inspection rule UUID taken
             ├── InstanceAssociated     409: instance_uuid already used by another node
             ├── PortAlreadyExists      409: port UUID taken
             └── MACAlreadyExists       409: a port with this MAC exists
@@ -38,6 +40,8 @@ from pxeforge.errors import PxeforgeError
 __all__ = [
     "Conflict",
     "DuplicateName",
+    "InspectionRuleAlreadyExists",
+    "InspectionRuleNotFound",
     "Invalid",
     "InstanceAssociated",
     "InvalidMAC",
@@ -224,3 +228,15 @@ class MACAlreadyExists(Conflict):
     def __init__(self, mac: str) -> None:
         super().__init__(f"A port with MAC address {mac} already exists.")
         self.mac = mac
+
+
+class InspectionRuleNotFound(NotFound):
+    def __init__(self, rule: object) -> None:
+        super().__init__(f"Inspection rule {rule} could not be found.")
+        self.rule = rule
+
+
+class InspectionRuleAlreadyExists(Conflict):
+    def __init__(self, uuid: str) -> None:
+        super().__init__(f"An inspection rule with UUID {uuid} already exists.")
+        self.uuid = uuid

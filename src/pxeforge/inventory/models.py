@@ -28,6 +28,7 @@ from sqlalchemy import (
     String,
     Text,
     false,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -37,10 +38,12 @@ from sqlalchemy.types import TypeDecorator
 __all__ = [
     "Base",
     "Conductor",
+    "InspectionRule",
     "JsonDict",
     "Node",
     "NodeHistory",
     "NodeInventory",
+    "NodeTrait",
     "Port",
     "UTCDateTime",
 ]
@@ -207,3 +210,33 @@ class Conductor(Base):
     online: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class InspectionRule(Base):
+    """An inspection rule (``/v1/inspection_rules``; migration 0003): conditions → actions."""
+
+    __tablename__ = "inspection_rules"
+    __table_args__ = (Index("ix_inspection_rules_phase", "phase"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    description: Mapped[str | None] = mapped_column(String(255))
+    priority: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    sensitive: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    phase: Mapped[str] = mapped_column(String(16), server_default=text("'main'"))
+    conditions: Mapped[list[Any]] = mapped_column(JsonDict)
+    actions: Mapped[list[Any]] = mapped_column(JsonDict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class NodeTrait(Base):
+    """One trait of a node (Ironic's ``node_traits``; migration 0003)."""
+
+    __tablename__ = "node_traits"
+
+    node_id: Mapped[int] = mapped_column(
+        ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True
+    )
+    trait: Mapped[str] = mapped_column(String(255), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

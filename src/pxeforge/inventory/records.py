@@ -10,9 +10,16 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Final
 
-from pxeforge.inventory.models import Node, NodeHistory, Port
+from pxeforge.inventory.models import InspectionRule, Node, NodeHistory, Port
 
-__all__ = ["NODE_FIELDS", "PORT_FIELDS", "HistoryRecord", "NodeRecord", "PortRecord"]
+__all__ = [
+    "NODE_FIELDS",
+    "PORT_FIELDS",
+    "HistoryRecord",
+    "InspectionRuleRecord",
+    "NodeRecord",
+    "PortRecord",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +124,38 @@ class HistoryRecord:
 
     @classmethod
     def from_row(cls, row: NodeHistory) -> HistoryRecord:
+        return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True, slots=True)
+class InspectionRuleRecord:
+    """An inspection rule as stored (`pxeforge.inspection_rules` applies it)."""
+
+    id: int
+    uuid: str
+    description: str | None
+    priority: int
+    sensitive: bool
+    phase: str
+    conditions: list[Any]
+    actions: list[Any]
+    created_at: datetime
+    updated_at: datetime | None
+
+    def as_rule(self) -> dict[str, Any]:
+        """The rule as `pxeforge.inspection_rules` takes it."""
+        return {
+            "uuid": self.uuid,
+            "description": self.description,
+            "priority": self.priority,
+            "sensitive": self.sensitive,
+            "phase": self.phase,
+            "conditions": list(self.conditions),
+            "actions": list(self.actions),
+        }
+
+    @classmethod
+    def from_row(cls, row: InspectionRule) -> InspectionRuleRecord:
         return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})
 
 

@@ -60,6 +60,8 @@ from pxeforge.boot.machine import normalize_mac
 from pxeforge.inventory import db
 from pxeforge.inventory.errors import (
     DuplicateName,
+    InspectionRuleAlreadyExists,
+    InspectionRuleNotFound,
     InstanceAssociated,
     InvalidParameterValue,
     InvalidState,
@@ -75,10 +77,19 @@ from pxeforge.inventory.errors import (
 )
 from pxeforge.inventory.errors import InvalidMAC as InvalidMACError
 from pxeforge.inventory.machine import advance, next_target
-from pxeforge.inventory.models import Conductor, Node, NodeHistory, NodeInventory, Port
+from pxeforge.inventory.models import (
+    Conductor,
+    InspectionRule,
+    Node,
+    NodeHistory,
+    NodeInventory,
+    NodeTrait,
+    Port,
+)
 from pxeforge.inventory.records import (
     NODE_FIELDS,
     HistoryRecord,
+    InspectionRuleRecord,
     NodeRecord,
     PortRecord,
 )
@@ -978,6 +989,163 @@ class Store:
             if found is None:
                 raise NodeInventoryNotFound(row.uuid)
             return dict(found[0]), dict(found[1])
+
+    # -- traits (migration 0003) ------------------------------------------------------------
+
+    def get_traits(self, node: str | int) -> list[str]:
+        """The node's traits, sorted."""
+        with self._reading() as session:
+            node_id = self._node(session, node).id
+            rows = session.scalars(
+                select(NodeTrait.trait)
+                .where(NodeTrait.node_id == node_id)
+                .order_by(NodeTrait.trait)
+            )
+            return list(rows)
+
+    def set_traits(
+        self, node: str | int, traits: Iterable[str], *, now: datetime | None = None
+    ) -> list[str]:
+        """Replace the node's traits with ``traits`` (deduplicated); the new list, sorted."""
+        wanted = sorted(set(traits))
+        at = _now(now)
+        with self._writing() as session:
+            node_id = self._node(session, node).id
+            have = set(session.scalars(select(NodeTrait.trait).where(NodeTrait.node_id == node_id)))
+            gone = have - set(wanted)
+            if gone:
+                session.execute(
+                    delete(NodeTrait).where(NodeTrait.node_id == node_id, NodeTrait.trait.in_(gone))
+                )
+            for trait in wanted:
+                if trait not in have:
+                    session.add(NodeTrait(node_id=node_id, trait=trait, created_at=at))
+        return wanted
+
+    # -- inspection rules (migration 0003) ---------------------------------------------------
+
+    _RULE_SORT_KEYS: Final = ("id", "uuid", "priority", "description", "phase", "created_at",
+                              "updated_at")  # fmt: skip
+    _RULE_CHANGEABLE: Final = frozenset(
+        {"description", "priority", "sensitive", "phase", "conditions", "actions"}
+    )
+
+    def create_inspection_rule(
+        self, rule: Mapping[str, Any], *, now: datetime | None = None
+    ) -> InspectionRuleRecord:
+        """Store a rule validated by `pxeforge.inspection_rules.validate_rule` (``uuid`` None:
+        a new one). A taken UUID is `InspectionRuleAlreadyExists` (409)."""
+        rule_uuid = _check_uuid(rule["uuid"]) if rule.get("uuid") else str(uuidlib.uuid4())
+        row = InspectionRule(
+            uuid=rule_uuid,
+            description=rule.get("description"),
+            priority=int(rule.get("priority") or 0),
+            sensitive=bool(rule.get("sensitive")),
+            phase=rule.get("phase") or "main",
+            conditions=list(rule.get("conditions") or []),
+            actions=list(rule["actions"]),
+            created_at=_now(now),
+        )
+        try:
+            with self._writing() as session:
+                session.add(row)
+                session.flush()
+                return InspectionRuleRecord.from_row(row)
+        except IntegrityError:
+            raise InspectionRuleAlreadyExists(rule_uuid) from None
+
+    @staticmethod
+    def _rule(session: Session, ident: str) -> InspectionRule:
+        if not _is_uuid(ident):
+            raise InspectionRuleNotFound(ident)
+        row = session.scalars(
+            select(InspectionRule).where(InspectionRule.uuid == str(uuidlib.UUID(ident)))
+        ).one_or_none()
+        if row is None:
+            raise InspectionRuleNotFound(ident)
+        return row
+
+    def get_inspection_rule(self, ident: str) -> InspectionRuleRecord:
+        """The rule with this UUID; `InspectionRuleNotFound` (404) otherwise."""
+        with self._reading() as session:
+            return InspectionRuleRecord.from_row(self._rule(session, ident))
+
+    def list_inspection_rules(
+        self,
+        *,
+        phase: str | None = None,
+        limit: int | None = None,
+        marker: str | None = None,
+        sort_key: str = "id",
+        sort_dir: str = "asc",
+    ) -> list[InspectionRuleRecord]:
+        """One page of rules in ``(sort_key, id)`` order (``limit=0``: all of them)."""
+        if limit is not None and limit < 0:
+            raise InvalidParameterValue("Limit must be positive")
+        if sort_key not in self._RULE_SORT_KEYS:
+            raise InvalidParameterValue(
+                f"The sort_key value {sort_key} is an invalid field for sorting"
+            )
+        if sort_dir not in ("asc", "desc"):
+            raise InvalidParameterValue(f"Invalid sort direction: {sort_dir}")
+        column = getattr(InspectionRule, sort_key)
+        ascending = sort_dir == "asc"
+        with self._reading() as session:
+            query = select(InspectionRule)
+            if phase is not None:
+                query = query.where(InspectionRule.phase == phase)
+            if marker is not None:
+                row = self._rule(session, marker)
+                value, marker_id = getattr(row, sort_key), row.id
+                if value is None:
+                    after = (
+                        or_(
+                            and_(column.is_(None), InspectionRule.id > marker_id),
+                            column.is_not(None),
+                        )
+                        if ascending
+                        else and_(column.is_(None), InspectionRule.id < marker_id)
+                    )
+                elif ascending:
+                    after = or_(
+                        column > value, and_(column == value, InspectionRule.id > marker_id)
+                    )
+                else:
+                    after = or_(
+                        column < value,
+                        and_(column == value, InspectionRule.id < marker_id),
+                        column.is_(None),
+                    )
+                query = query.where(after)
+            if ascending:
+                query = query.order_by(column.asc().nulls_first(), InspectionRule.id.asc())
+            else:
+                query = query.order_by(column.desc().nulls_last(), InspectionRule.id.desc())
+            if limit:
+                query = query.limit(min(limit, MAX_LIMIT))
+            return [InspectionRuleRecord.from_row(r) for r in session.scalars(query)]
+
+    def update_inspection_rule(
+        self, ident: str, changes: Mapping[str, Any], *, now: datetime | None = None
+    ) -> InspectionRuleRecord:
+        """Change a rule's fields (validated by the caller; not its uuid)."""
+        unknown = sorted(set(changes) - self._RULE_CHANGEABLE)
+        if unknown:
+            raise InvalidParameterValue(
+                f"Inspection rule field(s) cannot be changed: {', '.join(unknown)}"
+            )
+        with self._writing() as session:
+            row = self._rule(session, ident)
+            for name, value in changes.items():
+                setattr(row, name, value)
+            row.updated_at = _now(now)
+            session.flush()
+            return InspectionRuleRecord.from_row(row)
+
+    def delete_inspection_rule(self, ident: str) -> None:
+        """Forget a rule; `InspectionRuleNotFound` (404) if there is none."""
+        with self._writing() as session:
+            session.delete(self._rule(session, ident))
 
     # -- locks ------------------------------------------------------------------------------
 
