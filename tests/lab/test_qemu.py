@@ -118,3 +118,34 @@ def test_qmp_talks_to_a_real_qemu_and_quits_it(tmp_path: Path) -> None:
         assert proc.wait(timeout=10) == 0
     finally:
         procs.stop(proc)
+
+
+class _BareVm(Vm):
+    """A Vm whose QEMU has no machine, no network and no namespace: enough for QMP."""
+
+    def __init__(self, tmp_path: Path, extra: list[str]) -> None:
+        super().__init__(_spec(VmFirmware.BIOS), VmFiles.in_dir(tmp_path, "vm0"), "unused")
+        self.extra = extra
+
+    def argv(self) -> list[str]:
+        return [QEMU, "-machine", "none", "-nodefaults", "-display", "none", "-S"] + [
+            "-qmp", f"unix:{self.files.qmp_socket},server=on,wait=off", *self.extra
+        ]  # fmt: skip
+
+
+@pytest.mark.skipif(shutil.which(QEMU) is None, reason=f"{QEMU} not installed")
+def test_wait_qmp_returns_once_qemu_answers_and_fails_when_it_exits(tmp_path: Path) -> None:
+    from pxeforge.errors import StartupError
+
+    vm = _BareVm(tmp_path, [])
+    vm.start()
+    try:
+        vm.wait_qmp(timeout=20)  # no sleep before: the socket appears while we wait
+        assert vm.qmp().command("query-status")["status"] == "prelaunch"
+    finally:
+        vm.stop()
+    broken = _BareVm(tmp_path, ["-no-such-option"])
+    broken.start()
+    with pytest.raises(StartupError, match="exited"):
+        broken.wait_qmp(timeout=20)
+    broken.stop()

@@ -286,6 +286,27 @@ class Vm:
     def qmp(self) -> Qmp:
         return Qmp(self.files.qmp_socket)
 
+    def wait_qmp(self, timeout: float = 20.0) -> None:
+        """Wait until QEMU answers on its QMP socket (it creates the socket a little after
+        it starts: a power driver asking before would find no VM). `StartupError` if QEMU
+        exits or stays silent."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.exited() is not None:
+                raise StartupError(
+                    f"lab: QEMU {self.spec.name} exited ({self.exited()}):\n"
+                    + procs.tail(self.files.qemu_log, 10)
+                )
+            try:
+                self.qmp().command("query-status")
+                return
+            except QmpError:
+                if time.monotonic() > deadline:
+                    raise StartupError(
+                        f"lab: QEMU {self.spec.name} has no QMP socket after {timeout:.0f} s"
+                    ) from None
+            time.sleep(0.05)
+
     def console(self, start: int = 0) -> str:
         """The serial console from byte ``start`` on (raw: escape sequences, CRs kept)."""
         try:

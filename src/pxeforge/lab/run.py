@@ -504,13 +504,16 @@ class Lab:
         return disk
 
     def start_vms(self) -> list[Vm]:
-        """Start the VMs and return them, without watching (the caller judges the run)."""
+        """Start the VMs and return them once each answers on its QMP socket (a power driver
+        may drive them at once), without watching (the caller judges the run)."""
         if self.server is None:
             raise StartupError("lab: start() first")
         self._make_vms()
         for vm in self.vms:
             vm.start()
             self._say("qemu", f"started (pid {vm.pid}, mac {vm.spec.mac})", 0.0, vm.spec.name)
+        for vm in self.vms:
+            vm.wait_qmp()
         return list(self.vms)
 
     def boot(self) -> LabResult:
