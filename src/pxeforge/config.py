@@ -106,6 +106,9 @@ class Settings:
     agent_cmdline: str = ""  # extra kernel parameters for the agent ramdisk
     idle_boot: IdleBoot = IdleBoot.NONE  # enroll / manageable / available nodes boot this
     auto_enroll: bool = False  # unknown PXE MACs become nodes in "enroll" (manual-management)
+    discovery: bool = False  # unknown PXE MACs boot the agent, which enrolls them (wins over
+    # auto_enroll); Ironic's [auto_discovery]enabled
+    discovery_driver: str = "manual-management"  # driver of discovered nodes ([auto_discovery])
     templates_dir: Path | None = None  # kickstart/preseed/autoinstall templates overriding ours
     boot_cache_ttl: float = 1.0  # seconds a MAC's boot answer is cached (DHCP asks per packet)
     api_url: str | None = None  # the API URL ramdisks call; default http://<address>:<api_port>
@@ -167,13 +170,13 @@ def _coerce(name: str, value: Any) -> Any:
                 return ApiAuth(value)
             case "idle_boot":
                 return IdleBoot(value)
-            case "auto_enroll" | "timeline" | "automated_clean":
+            case "auto_enroll" | "timeline" | "automated_clean" | "discovery":
                 if not isinstance(value, bool):
                     raise TypeError(f"expected true or false, got {value!r}")
                 return value
             case "boot_cache_ttl":
                 return float(value)
-            case "agent_cmdline" | "api_url":
+            case "agent_cmdline" | "api_url" | "discovery_driver":
                 if not isinstance(value, str):
                     raise TypeError(f"expected a string, got {value!r}")
                 return value

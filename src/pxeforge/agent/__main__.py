@@ -7,6 +7,10 @@ Theory of operation (ironic-python-agent's start-up, reduced to what pxeforge us
 2. ``GET /v1/lookup`` until the node is found (404 while pxeforge is not expecting this
    machine: retried every ``--lookup-interval`` seconds), keeping the agent token it returns
    (only the first lookup of a boot sees it);
+   — except when the kernel command line has ``ipa-inspection-callback-url`` and the first
+   lookup is a 404: the machine is unknown and was booted for **discovery**, so the agent
+   posts its inventory (``POST /v1/continue_inspection`` without a node) and exits 0 once
+   pxeforge enrolled it (404 there too — discovery is off: it goes on looking itself up);
 3. when the lookup's ``config`` names an ``inspection_callback_url`` (the node is being
    inspected) or the kernel command line has ``ipa-inspection-callback-url``: one heartbeat
    (pxeforge records ``callback_url``, ``agent_version`` and the time), then post the
@@ -108,6 +112,31 @@ def _lookup(client: ApiClient, macs: list[str], attempts: int, every: float) -> 
         time.sleep(every)
 
 
+def _discover(
+    client: ApiClient, macs: list[str], inventory: dict[str, Any]
+) -> tuple[dict[str, Any] | None, bool]:
+    """One lookup; for an unknown machine, post the inventory for discovery.
+
+    ``(lookup answer or None, enrolled)``: the answer of a known node is kept (its token is
+    handed out only once); ``enrolled`` True means pxeforge created a node from the inventory."""
+    try:
+        return client.lookup(macs), False
+    except ApiError as exc:
+        if exc.status != 404:
+            return None, False  # the lookup loop retries and reports
+    try:
+        answer = client.continue_inspection(inventory)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        log.warning("%s: unknown to pxeforge and discovery is off; waiting to be enrolled",
+                    ",".join(macs))  # fmt: skip
+        return None, False
+    node = (answer.get("node") or {}).get("uuid")
+    log.info("unknown machine: inventory posted for discovery; enrolled as node %s", node)
+    return None, True
+
+
 def _serve(
     args: argparse.Namespace,
     client: ApiClient,
@@ -166,7 +195,13 @@ def run(argv: list[str] | None = None) -> int:
     macs = [i["mac_address"] for i in inventory["interfaces"]]
     client = ApiClient(config.api_url, insecure=config.insecure)
     try:
-        found = _lookup(client, macs, args.lookup_attempts, args.lookup_interval)
+        found = None
+        if config.inspection_callback_url:
+            found, enrolled = _discover(client, macs, inventory)
+            if enrolled:
+                return 0
+        if found is None:
+            found = _lookup(client, macs, args.lookup_attempts, args.lookup_interval)
         node = found["node"]["uuid"]
         settings = found.get("config") or {}
         token = settings.get("agent_token")

@@ -885,6 +885,9 @@ def create_app(
     from pxeforge.api import doctor  # GET /v1/doctor, /v1/nodes/{node}/doctor
 
     routes = [*routes, *doctor.install(ctx)]
+    from pxeforge.api import inspection_rules  # /v1/inspection_rules, /v1/nodes/{node}/traits
+
+    routes = [*routes, *inspection_rules.ROUTES]
     from pxeforge.api import dashboard  # the HTML dashboard: /dashboard…
 
     routes = [*routes, *dashboard.install(ctx, app)]

@@ -25,9 +25,11 @@ Theory of operation (Ironic's ``api/controllers/v1/ramdisk.py`` and the agent-to
   node to the conductor (`Conductor.agent_heartbeat`: a worker calls the agent back, under the
   node's lock — the 202 does not wait for it; 503 when no worker is free).
 * ``POST /v1/continue_inspection[?node_uuid=]`` (202): the body needs
-  ``inventory.interfaces[].mac_address``; the node is found by node_uuid or MACs (unknown
-  machine: 404 — discovery is not enabled), and the conductor takes it from ``inspect wait``
-  to ``manageable`` (`Conductor.continue_inspection`). The answer is the lookup's shape.
+  ``inventory.interfaces[].mac_address``; the node is found by node_uuid or MACs, and the
+  conductor takes it from ``inspect wait`` to ``manageable`` (`Conductor.continue_inspection`,
+  inspection rules included). An unknown machine (no node_uuid, no port with its MACs) is 404
+  — unless `Settings.discovery` is on: then the conductor enrolls it from the inventory
+  (`Conductor.discover`, Ironic's auto-discovery). The answer is the lookup's shape.
 
 Node locks: token creation and heartbeat records are read-modify-write of
 ``driver_internal_info``; they run under the node's lock (a few tries; 409 if the conductor
@@ -286,16 +288,23 @@ async def continue_inspection(request: web.Request) -> web.Response:
     if not macs and not node_uuid:
         raise BadRequest("No lookup information provided")
 
-    def find() -> tuple[NodeRecord, str]:
+    def find() -> tuple[NodeRecord, str] | None:
         try:
             node = _find(ctx, macs, node_uuid)
         except NodeNotFound:
-            raise NotFound("Not found") from None  # discovery (auto-enroll) is not enabled
+            if node_uuid is None and ctx.conductor.settings.discovery:
+                return None  # an unknown machine, and discovery is on
+            raise NotFound("Not found") from None
         if node.provision_state not in (INSPECTING, INSPECTWAIT):
             raise NotFound("Not found")
         return _with_token(ctx, node.uuid)
 
-    node, token = await ctx.run(find)
+    found = await ctx.run(find)
+    if found is None:
+        discovered = await ctx.conductor.discover(inventory, plugin)
+        node, token = await ctx.run(_with_token, ctx, discovered.uuid)
+        return _json(_lookup_body(node, token, _base(request)), 202)
+    node, token = found
     try:
         await ctx.conductor.continue_inspection(node.uuid, inventory, plugin)
     except NodeNotFound:

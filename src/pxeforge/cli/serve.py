@@ -244,6 +244,14 @@ async def _serve(settings: Settings, booter: Booter | None) -> None:
     help="Enroll unknown PXE clients as nodes (driver manual-management); off by default.",
 )
 @click.option(
+    "--discovery/--no-discovery",
+    "discovery",
+    default=None,
+    help="Boot unknown PXE clients into the agent ramdisk, which enrolls them from their "
+    "inventory (inspection rules apply); off by default, wins over --auto-enroll.",
+)
+@click.option("--discovery-driver", help="Driver of discovered nodes (manual-management).")
+@click.option(
     "--automated-clean/--no-automated-clean",
     "automated_clean",
     default=None,

@@ -809,13 +809,14 @@ class Conductor:
     def continue_inspection_sync(
         self, node: str, inventory: Mapping[str, Any], plugin_data: Mapping[str, Any]
     ) -> NodeRecord:
-        """``inspect wait`` → ``manageable``: store the inventory, set ``properties`` (cpus,
-        memory_mb, local_gb, cpu_arch), add the boot NIC's port, power the machine off (Ironic's
-        ``[inspector]power_off``) and forget the agent's token. Still ``inspecting`` (the
-        conductor is booting it): `NodeLocked` (409, the agent retries); any other state:
-        `NodeNotFound` (404, as Ironic: the caller learns nothing)."""
-        from pxeforge.conductor import inspection
-        from pxeforge.inventory.errors import MACAlreadyExists, NodeNotFound
+        """``inspect wait`` → ``inspecting`` (resume) → ``manageable``: store the inventory,
+        set ``properties`` (cpus, memory_mb, local_gb, cpu_arch), add the boot NIC's port,
+        apply the inspection rules (`_process_inventory`), power the machine off (Ironic's
+        ``[inspector]power_off``) and forget the agent's token. A rule's ``fail`` (or a rule
+        that cannot apply) ends in ``inspect failed`` with its message as ``last_error``
+        instead; the inventory and ports are kept. Still ``inspecting`` (the conductor is
+        booting it): `NodeLocked` (409, the agent retries); any other state: `NodeNotFound`
+        (404, as Ironic: the caller learns nothing)."""
         from pxeforge.inventory.states import INSPECTWAIT
 
         record = self.store.get_node(node)
@@ -824,50 +825,186 @@ class Conductor:
         if record.provision_state != INSPECTWAIT:
             raise NodeNotFound(node)
 
+        failure: list[str] = []  # what the rules said, from the first step to the second
+
         def work(before: NodeRecord, _new: str) -> Outcome:
             if before.provision_state != INSPECTWAIT:
                 raise InvalidState(f"Node {before.uuid} left inspect wait meanwhile")
-            self.store.save_inventory(
-                before.id, inventory, inspection.plugin_data(inventory, plugin_data)
-            )
-            notes = ["Inventory received from the agent"]
-            for mac in inspection.port_macs(inventory):
-                try:
-                    self.store.create_port(before.id, mac, pxe_enabled=True)
-                    notes.append(f"Port {mac} created from the inventory")
-                except MACAlreadyExists:
-                    pass  # already this node's port (or another node's: left alone)
-            props = dict(before.properties)
-            props.update(inspection.properties(inventory))
+            changes, failed, notes = self._process_inventory(before, inventory, plugin_data)
             internal = {
                 k: v
                 for k, v in before.driver_internal_info.items()
                 if k not in ("agent_secret_token", "agent_url")
             }
-            changes: dict[str, Any] = {"properties": props, "driver_internal_info": internal}
+            changes["driver_internal_info"] = internal
             try:
                 driver = self._driver(before)
                 note = driver.set_power_state(before.driver_info, PowerState.POWER_OFF)
                 if note:
-                    notes.append(note)
+                    notes.append((note, SEVERITY_INFO))
                 changes["power_state"] = POWER_OFF
             except DriverError as exc:
-                notes.append(f"Could not power the node off after inspection: {exc}")
-            for text in notes:
-                self.store.add_history(
-                    before.id, text, event_type=HistoryType.INTROSPECTION, conductor=self.holder
-                )
+                notes.append((f"Could not power the node off after inspection: {exc}",
+                              SEVERITY_INFO))  # fmt: skip
+            self._introspection_history(before.id, notes)
+            if failed is not None:
+                failure.append(failed)
             return Outcome(changes=changes)
 
-        return process_event(
-            self.store,
-            record.uuid,
-            Event.DONE,
-            holder=self.holder,
-            driver_work=work,
-            lock_attempts=_LOCK_ATTEMPTS,
-            lock_interval=_LOCK_INTERVAL,
+        # Two steps, as Ironic: resume into "inspecting" with the inventory processed, then
+        # done or fail (one saved transition each: the history and the timeline show both).
+        process_event(self.store, record.uuid, Event.RESUME, holder=self.holder,
+                      driver_work=work, lock_attempts=_LOCK_ATTEMPTS,
+                      lock_interval=_LOCK_INTERVAL)  # fmt: skip
+        if failure:
+            return process_event(
+                self.store, record.uuid, Event.FAIL, holder=self.holder,
+                driver_work=lambda _node, _new: Outcome(last_error=failure[0]),
+                lock_attempts=_LOCK_ATTEMPTS, lock_interval=_LOCK_INTERVAL,
+            )  # fmt: skip
+        return process_event(self.store, record.uuid, Event.DONE, holder=self.holder,
+                             lock_attempts=_LOCK_ATTEMPTS,
+                             lock_interval=_LOCK_INTERVAL)  # fmt: skip
+
+    async def discover(
+        self, inventory: Mapping[str, Any], plugin_data: Mapping[str, Any]
+    ) -> NodeRecord:
+        """An unknown machine's inventory: see `discover_sync`."""
+        return await self._call(self.discover_sync, inventory, plugin_data)
+
+    def discover_sync(
+        self, inventory: Mapping[str, Any], plugin_data: Mapping[str, Any]
+    ) -> NodeRecord:
+        """Enroll an unknown machine from its inventory (Ironic's ``[auto_discovery]``).
+
+        A node is created in ``enroll`` with `Settings.discovery_driver` and ``extra.
+        auto_discovered`` (Ironic puts the flag in plugin data — so does this, for rules:
+        ``{plugin_data[auto_discovered]}``); then the inventory is processed as in inspection
+        (properties, the boot NIC's port, inspection rules: typically ``driver``/``driver_info``
+        from ``{inventory[bmc_address]}``). The node stays in ``enroll`` — ``manage`` verifies
+        what the rules set; a failing rule leaves its message in ``last_error`` (the node is
+        kept, as in Ironic). The machine is not powered off: nothing verified its power
+        credentials yet. A machine some port already names (the agent posted twice) is not
+        enrolled again: that node is returned (two posts at the same instant may still make
+        two nodes, as in Ironic)."""
+        from pxeforge.conductor import inspection
+
+        self.drivers(self.settings.discovery_driver)  # an unknown driver: refuse before writing
+        macs = inspection.inventory_macs(inventory)
+        try:
+            return self.store.lookup_node(macs)  # enrolled meanwhile (the agent posted twice)
+        except NodeNotFound:
+            pass
+        bmc = [a for a in (inventory.get("bmc_address"), inventory.get("bmc_v6address")) if a]
+        record = self.store.create_node(
+            self.settings.discovery_driver, extra={"auto_discovered": True}, properties={}
         )
+        plugin = {**plugin_data, "auto_discovered": True}
+        with self.store.lock(record.uuid, self.holder) as before:
+            changes, failure, notes = self._process_inventory(before, inventory, plugin)
+            if failure is not None:
+                changes["last_error"] = failure
+            self.store.update_node(before.id, changes, holder=self.holder)
+            first = (
+                f"Discovered: an unknown machine (MACs {', '.join(macs) or 'none'}; BMC "
+                f"{', '.join(bmc) or 'unknown'}) posted its inventory; enrolled with driver "
+                f"{self.settings.discovery_driver}"
+            )
+            self._introspection_history(before.id, [(first, SEVERITY_INFO), *notes])
+        log.info("discovered %s as node %s", ",".join(macs), record.uuid)
+        return self.store.get_node(record.uuid)
+
+    def _introspection_history(self, node_id: int, notes: list[tuple[str, str]]) -> None:
+        for text, severity in notes:
+            self.store.add_history(
+                node_id,
+                text,
+                event_type=HistoryType.INTROSPECTION,
+                severity=severity,
+                conductor=self.holder,
+            )
+
+    def _process_inventory(
+        self, before: NodeRecord, inventory: Mapping[str, Any], plugin_data: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], str | None, list[tuple[str, str]]]:
+        """Inventory → node, under ``before``'s lock: ``(changes to save, failure, notes)``.
+
+        Stores the inventory, creates the boot NIC's port, computes the properties, then
+        applies the inspection rules of phase ``main`` by priority (`pxeforge.inspection_rules`)
+        to the node as it would be: their node fields join ``changes``, their traits and port
+        changes are saved here, their ``log`` lines and what each rule did become history
+        ``notes``. A rule's ``fail`` (or error) is ``failure``: nothing of the rules is kept
+        then, the properties neither."""
+        from dataclasses import asdict
+
+        from pxeforge.conductor import inspection
+        from pxeforge.inspection_rules import apply_rules
+        from pxeforge.inventory.errors import MACAlreadyExists
+
+        notes: list[tuple[str, str]] = [("Inventory received from the agent", SEVERITY_INFO)]
+        for mac in inspection.port_macs(inventory):
+            try:
+                self.store.create_port(before.id, mac, pxe_enabled=True)
+                notes.append((f"Port {mac} created from the inventory", SEVERITY_INFO))
+            except MACAlreadyExists:
+                pass  # already this node's port (or another node's: left alone)
+        props = dict(before.properties)
+        props.update(inspection.properties(inventory))
+        plugin = inspection.plugin_data(inventory, plugin_data)
+        rules = [r.as_rule() for r in self.store.list_inspection_rules(phase="main", limit=0)]
+        if not rules:
+            self.store.save_inventory(before.id, inventory, plugin)
+            return {"properties": props}, None, notes
+        node = {**asdict(before), "properties": props}
+        traits = self.store.get_traits(before.id)
+        ports = [
+            {"uuid": p.uuid, "address": p.address, "pxe_enabled": p.pxe_enabled,
+             "extra": p.extra, "local_link_connection": p.local_link_connection}
+            for p in self.store.list_ports(node=before.id)
+        ]  # fmt: skip
+        result = apply_rules(rules, node, inventory, plugin, traits=traits, ports=ports)
+        failure = result.failure
+        if failure is None:
+            failure = self._check_rule_changes(before, result.node_changes, result.applied)
+        self.store.save_inventory(
+            before.id, inventory, result.plugin_data if failure is None else plugin
+        )
+        for line in result.log:
+            severity = SEVERITY_ERROR if line.level == "error" else SEVERITY_INFO
+            notes.append((f"Inspection rule {line.rule}: {line.text}", severity))
+        if failure is not None:
+            notes.append((f"Inspection failed: {failure}", SEVERITY_ERROR))
+            return {}, failure, notes
+        for uuid in result.applied:
+            notes.append((f"Inspection rule {uuid} applied", SEVERITY_INFO))
+        if result.traits is not None:
+            self.store.set_traits(before.id, result.traits)
+        for port_uuid, port_changes in result.port_changes.items():
+            self.store.update_port(port_uuid, port_changes, holder=self.holder)
+        changes: dict[str, Any] = {"properties": props}
+        changes.update(result.node_changes)
+        return changes, None, notes
+
+    def _check_rule_changes(
+        self, node: NodeRecord, changes: Mapping[str, Any], applied: list[str]
+    ) -> str | None:
+        """Why the rules' node ``changes`` cannot be saved (an unknown driver, a taken name)."""
+        from pxeforge.drivers.base import UnknownDriver
+
+        who = f"Inspection rule(s) {', '.join(applied)}" if applied else "Inspection rules"
+        if "driver" in changes:
+            try:
+                self.drivers(changes["driver"])
+            except UnknownDriver as exc:
+                return f"{who} set driver {changes['driver']!r}: {exc}"
+        if changes.get("name"):
+            try:
+                other = self.store.get_node(changes["name"])
+            except NodeNotFound:
+                other = None
+            if other is not None and other.uuid != node.uuid:
+                return f"{who} set name {changes['name']!r}, which node {other.uuid} has"
+        return None
 
     # ---- power, boot device, validation ------------------------------------------------------
 

@@ -18,8 +18,10 @@ active                                      local disk (pxelinux ``localboot 0``
                                             iPXE ``sanboot``/``exit``)
 enroll, manageable, available               `Settings.idle_boot`: nothing (default) or local disk
 anything else (failed, hold, verifying…)    nothing
-unknown MAC                                 nothing; with `Settings.auto_enroll` a node is created
-                                            in ``enroll`` (driver manual-management) first
+unknown MAC                                 nothing; with `Settings.discovery` the agent ramdisk
+                                            with the inspection callback (below); else with
+                                            `Settings.auto_enroll` a node is created in ``enroll``
+                                            (driver manual-management) first
 ==========================================  ======================================================
 
 "Nothing" is None: the DHCP server stays silent, per-machine config names are 404/ERROR 1.
@@ -36,9 +38,16 @@ entries when pxeforge itself changes a node (the kickstart callback). A state ch
 elsewhere (the API, another process) is seen within the TTL, well inside a machine's reboot.
 The lookup is one indexed query (ports by MAC, then the node by id).
 
-Discovery (the agent issue): `discovery` is a hook called for an unknown MAC after the
-optional auto-enrollment; whatever it returns is the answer (e.g. the inspection ramdisk for
-unknown machines). None keeps the machine ignored.
+Discovery (Ironic's ``[auto_discovery]``): with `Settings.discovery` an unknown MAC boots the
+agent ramdisk with ``ipa-api-url``, ``BOOTIF`` and ``ipa-inspection-callback-url`` but no
+node; the agent's lookup is a 404, so it posts its inventory to ``/v1/continue_inspection``,
+where pxeforge enrolls the machine (`Conductor.discover_sync`: driver
+`Settings.discovery_driver`, properties, ports, inspection rules, state ``enroll``). Nothing is
+written here at DHCP time, so discovery *supersedes* `Settings.auto_enroll` (which only makes
+an empty ``enroll`` node with a port): with both on, discovery alone acts. Once enrolled, the
+MAC is a port of an ``enroll`` node and boots what idle nodes boot. ``check_settings`` refuses
+discovery without an agent ramdisk. The ``discovery`` hook (a callable, for embedding) is asked
+for unknown MACs when `Settings.discovery` is off, after the optional auto-enrollment.
 """
 
 from __future__ import annotations
@@ -136,6 +145,11 @@ def check_settings(settings: Settings) -> None:
             raise ConfigError(f"{flag} {path}: no such file (or not a regular file)")
         if not os.access(path, os.R_OK):
             raise ConfigError(f"{flag} {path}: not readable by this user")
+    if settings.discovery and not given:
+        raise ConfigError(
+            "--discovery boots unknown machines into the agent ramdisk: give --deploy-kernel "
+            "and --deploy-ramdisk"
+        )
     try:
         check_cmdline(settings.agent_cmdline)
     except ValueError as exc:
@@ -288,6 +302,25 @@ class InventoryBooter:
             message=f"pxeforge: agent ramdisk for node {node.uuid} ({node.provision_state})",
         )
 
+    def _discovery_agent(self, mac: str) -> BootSpec | None:
+        """The agent ramdisk for an unknown machine: it inspects itself and is enrolled."""
+        if not self._files:
+            log.warning("%s is unknown and discovery is on, but no --deploy-kernel/"
+                        "--deploy-ramdisk is configured: nothing to boot", mac)  # fmt: skip
+            return None
+        api = self.settings.api_base
+        words = [f"ipa-api-url={api}", f"BOOTIF=01-{mac.replace(':', '-')}",
+                 f"ipa-inspection-callback-url={api}/v1/continue_inspection",
+                 self.settings.agent_cmdline.strip()]  # fmt: skip
+        cmdline = " ".join(w for w in words if w)
+        check_cmdline(cmdline)
+        return BootSpec(
+            kernel=DEPLOY_KERNEL_REF,
+            initrds=(DEPLOY_RAMDISK_REF,) if DEPLOY_RAMDISK_REF in self._files else (),
+            cmdline=cmdline,
+            message=f"pxeforge: agent ramdisk for discovery of unknown machine {mac}",
+        )
+
     def _installer(self, node: NodeRecord, mac: str) -> BootSpec:
         info = node.instance_info
         kernel, ramdisk = info.get("kernel"), info.get("ramdisk")
@@ -311,6 +344,8 @@ class InventoryBooter:
         )
 
     def _unknown(self, mac: str, machine: Machine) -> BootSpec | None:
+        if self.settings.discovery:
+            return self._discovery_agent(mac)
         if self.settings.auto_enroll:
             self._enroll(mac)
         if self.discovery is not None:
