@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, str] = {
     "node": "pxeforge.cli.node:node",
     "image": "pxeforge.cli.image:image",
     "doctor": "pxeforge.cli.doctor:doctor",
+    "rule": "pxeforge.cli.rule:rule",
 }
 
 
