@@ -13,13 +13,17 @@ problem (bounded: a broken boot fails fast), then tears everything down:
    everyone". pxeforge serves from the inventory, where the machine is not enrolled, so only
    dnsmasq answers; OVMF (arch 7) takes its offer and fetches the BIOS loader from pxeforge.
 
-3. **the control**: the same lab unbroken; the guest calls back and the doctor finds nothing.
+3. **the control**: the same lab unbroken; the guest calls back and the doctor finds nothing —
+   and the same boot is checked as the live timeline (``pxeforge node timeline MAC``), the
+   Prometheus ``/metrics`` and the dashboard's unknown-machines page saw it.
 
 Only one VM runs at a time; each test takes ~35–55 s under TCG (~2.5 min for the three).
 """
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 import shutil
 import socket
@@ -33,6 +37,7 @@ from typing import Any
 
 import pytest
 
+from pxeforge.api.auth import read_credentials
 from pxeforge.cli.doctor import EXIT_ERRORS
 from pxeforge.config import BootMethod
 from pxeforge.lab import guest as guest_mod
@@ -253,3 +258,63 @@ def test_a_healthy_boot_has_nothing_wrong(tmp_path: Path) -> None:
         everything = doctor(lab)
         assert everything.returncode == 0, everything.stdout
         assert everything.stdout.startswith("no machines with problems"), everything.stdout
+        observed_by_timeline_metrics_and_dashboard(lab, mac)
+
+
+def _get(lab: Lab, path: str) -> tuple[int, str]:
+    """GET ``path`` from the server's API port inside the namespace, with its credentials."""
+    creds = read_credentials(lab.workdir / "data")
+    assert creds is not None
+    auth = base64.b64encode(f"{creds.user}:{creds.password}".encode()).decode()
+
+    def call() -> tuple[int, str]:
+        conn = http.client.HTTPConnection(lab.server_ip, lab.config.api_port, timeout=10)
+        try:
+            conn.request("GET", path, headers={"Authorization": f"Basic {auth}"})
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode()
+        finally:
+            conn.close()
+
+    result: tuple[int, str] = netns.netns_call(lab.name, call)
+    return result
+
+
+def observed_by_timeline_metrics_and_dashboard(lab: Lab, mac: str) -> None:
+    """The same real boot, as the live timeline, /metrics and the dashboard saw it."""
+    # the timeline, through the real CLI: the firmware's and the guest's DHCP, the loader over
+    # TFTP, pxelinux's config search misses, the kernel and initrd
+    run = subprocess.run(
+        netns.ns_exec(
+            lab.name,
+            [sys.executable, "-m", "pxeforge.cli.main", "node",
+             "--url", f"http://{lab.server_ip}:{lab.config.api_port}",
+             "--data-dir", str(lab.workdir / "data"), "timeline", mac, "--json"],
+        ),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    events = [json.loads(line) for line in run.stdout.splitlines() if line.strip()]  # JSON lines
+    seen = {(e["source"], e["kind"]) for e in events}
+    assert {("dhcp", "discover"), ("dhcp", "offer"), ("dhcp", "ack")} <= seen, seen
+    finished = [
+        e["data"].get("file") for e in events if (e["source"], e["kind"]) == ("tftp", "finished")
+    ]
+    assert "pxelinux.0" in finished, finished
+    assert any(e["source"] == "tftp" and e["kind"] == "refused" for e in events)  # cfg search
+    acks = [e for e in events if (e["source"], e["kind"]) == ("dhcp", "ack")]
+    assert any(e["data"].get("loader") == "pxelinux.0" for e in acks), acks
+    # /metrics (public): the DHCP answers and TFTP transfers of this boot are counted
+    status, text = _get(lab, "/metrics")
+    assert status == 200
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    assert values['pxeforge_dhcp_requests_total{type="DISCOVER",outcome="offer"}'] >= 2
+    assert values['pxeforge_tftp_transfers_total{outcome="completed"}'] >= 3
+    assert values["pxeforge_tftp_sent_bytes_total"] > 1_000_000  # the guest kernel and initrd
+    # the dashboard: the MAC (enrolled nowhere) is on the unknown machines page
+    status, page = _get(lab, "/dashboard/unknown")
+    assert status == 200 and mac in page
