@@ -560,8 +560,8 @@ def unknown_machine(s: Subject) -> Iterable[Finding]:
         f"{_duration(s.events[-1].at - s.events[0].at)})",
         "if pxeforge should provision it, enroll it: `pxeforge node create --driver ipmi "
         "--name NAME --driver-info ipmi_address=…` and `pxeforge node port create "
-        f"{mac} --node NAME` (or serve with --auto-enroll); if not, take it off this segment "
-        "or out of network boot",
+        f"{mac} --node NAME` (or serve with --discovery: the agent enrolls it with its "
+        "inventory); if not, take it off this segment or out of network boot",
         _cap(_evidence(dhcp[:2] + dhcp[-1:])),
     )
 
