@@ -3,10 +3,12 @@ qemu-img, and a GPT writer.
 
 * `image_server`: a real ``ThreadingHTTPServer`` on 127.0.0.1 serving a directory:
   ``/NAME`` with ``Content-Length``; ``/nolength/NAME`` without it (the body ends when the
-  connection closes); ``/short/NAME`` announces the full length but sends half and closes;
-  ``/slow/NAME`` sends 1 MiB per second.
-* `loop_device`: ``losetup -f --show -P`` on a file of the asked size (root only; skipped
-  otherwise), detached at the end even when the test fails.
+  connection closes); ``/chunked/NAME`` sends it HTTP/1.1 ``Transfer-Encoding: chunked``
+  (1 MiB chunks, no length); ``/short/NAME`` announces the full length but sends half and
+  closes; ``/slow/NAME`` sends 1 MiB per second.
+* `loop_device`: ``losetup -f --show -P`` on a file of the asked size (``-r``: read-only,
+  every write to it fails with EPERM; root only, skipped otherwise), detached at the
+  end even when the test fails.
 * `qemu_img`: the oracle of the qcow2 tests (Debian's qemu-utils, which scripts/setup.sh
   --test installs); skipped locally when missing, a failure when $CI is set.
 * `write_gpt`: a GUID partition table (protective MBR, both headers and entry arrays with
@@ -39,7 +41,7 @@ class _ImageHandler(SimpleHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        for prefix in ("/nolength/", "/short/", "/slow/"):
+        for prefix in ("/nolength/", "/chunked/", "/short/", "/slow/"):
             if self.path.startswith(prefix):
                 return self._special(prefix.strip("/"), self.path[len(prefix) :])
         super().do_GET()
@@ -50,6 +52,8 @@ class _ImageHandler(SimpleHTTPRequestHandler):
             self.send_error(404)
             return
         data = path.read_bytes()
+        if kind == "chunked":
+            return self._chunked(data)
         self.protocol_version = "HTTP/1.0"
         self.close_connection = True
         self.send_response(200)
@@ -66,6 +70,19 @@ class _ImageHandler(SimpleHTTPRequestHandler):
                 time.sleep(1.0)
         else:
             self.wfile.write(data)
+
+    def _chunked(self, data: bytes) -> None:
+        self.protocol_version = "HTTP/1.1"
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        for i in range(0, len(data), MIB):
+            part = data[i : i + MIB]
+            self.wfile.write(b"%x\r\n" % len(part) + part + b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -122,17 +139,19 @@ def _need_root_tools(*tools: str) -> None:
 
 @pytest.fixture
 def loop_device(tmp_path: Path) -> Iterator[Callable[..., str]]:
-    """``make(size, fill=b"")`` → ``/dev/loopN`` backed by a new file of ``size`` bytes."""
+    """``make(size, fill=b"", read_only=False)`` → ``/dev/loopN`` backed by a new file of
+    ``size`` bytes (``fill`` repeated)."""
     _need_root_tools("losetup")
     made: list[str] = []
 
-    def make(size: int, fill: bytes = b"") -> str:
+    def make(size: int, fill: bytes = b"", read_only: bool = False) -> str:
         backing = tmp_path / f"disk{len(made)}.img"
         with open(backing, "wb") as f:
             if fill:
                 f.write((fill * (size // len(fill) + 1))[:size])
             f.truncate(size)
-        done = subprocess.run(["losetup", "-f", "--show", "-P", str(backing)],
+        ro = ["-r"] if read_only else []
+        done = subprocess.run(["losetup", "-f", "--show", "-P", *ro, str(backing)],
                               capture_output=True, text=True, timeout=60)  # fmt: skip
         if done.returncode != 0:
             pytest.skip(f"losetup failed: {done.stderr.strip()}")

@@ -1,10 +1,12 @@
 """Image writes from a real HTTP server on 127.0.0.1 to a regular file and to loop devices:
-raw and qcow2 (qemu-img the oracle), wrong checksums, dead URLs, small disks, refused
-formats, broken downloads, progress."""
+raw (checked first in scratch space, or streamed: over the budget, or of unknown size) and
+qcow2 (qemu-img the oracle), wrong checksums, dead URLs, small disks, refused formats, broken
+downloads, progress, the scratch budget."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import socket
 import subprocess
@@ -21,7 +23,13 @@ from pxeforge.agent.errors import (
     InvalidCommandParamsError,
     InvalidImageFormat,
 )
-from pxeforge.agent.image import parse_image_info, write_image
+from pxeforge.agent.image import (
+    measure_scratch,
+    parse_image_info,
+    parse_meminfo,
+    scratch_budget,
+    write_image,
+)
 
 from .conftest import MIB, ImageServer, read
 
@@ -45,7 +53,8 @@ def _info(urls: list[str] | str, data: bytes, fmt: str = "raw", **extra: Any) ->
 
 
 def _device_file(path: Path, size: int, fill: bytes = b"\xaa") -> str:
-    path.write_bytes(fill * size)
+    """A regular file of ``size`` bytes standing in for a disk: ``fill`` repeated."""
+    path.write_bytes((fill * (size // len(fill) + 1))[:size])
     return str(path)
 
 
@@ -111,20 +120,200 @@ def test_qcow2_to_file_and_loop_device(
     assert list(tmp_path.glob("pxeforge-image-*")) == []  # the scratch copy is gone
 
 
-def test_wrong_checksum_zeroes_what_was_written(
+def _pattern(seed: int = 3) -> bytes:
+    """4099 random bytes (a prime length: no chunk of the disk looks like another)."""
+    return random.Random(seed).randbytes(4099)
+
+
+class _Seen(list[tuple[str, int, int | None]]):
+    """A progress callback that keeps what it was told."""
+
+    def __call__(self, phase: str, done: int, total: int | None) -> None:
+        self.append((phase, done, total))
+
+
+def _phases(seen: list[tuple[str, int, int | None]]) -> list[str]:
+    """The phases in the order they were reported, each once."""
+    return [phase for i, (phase, _, _) in enumerate(seen) if i == 0 or seen[i - 1][0] != phase]
+
+
+def test_small_image_with_a_wrong_checksum_leaves_the_disk_as_it_was(
     image_server: ImageServer, loop_device: Callable[..., str], tmp_path: Path
 ) -> None:
     data = _payload(3 * MIB)
     url = image_server.add("disk.raw", data)
     wrong = "0" * 64
-    for target in (_device_file(tmp_path / "disk", 4 * MIB), loop_device(4 * MIB, fill=b"\xaa")):
+    pattern = _pattern()
+    ro = loop_device(4 * MIB, fill=pattern, read_only=True)  # any write fails
+    targets = [_device_file(tmp_path / "disk", 4 * MIB, fill=pattern),
+               loop_device(4 * MIB, fill=pattern), ro]  # fmt: skip
+    for target in targets:
+        before = read(target)
+        seen = _Seen()
         with pytest.raises(ImageChecksumError) as info:
-            _write(_info(url, data, os_hash_value=wrong), target)
+            _write(_info(url, data, os_hash_value=wrong), target, scratch_dir=str(tmp_path),
+                   progress=seen)  # fmt: skip
         text = str(info.value)
         assert wrong in text and hashlib.sha256(data).hexdigest() in text and url in text
+        assert text.endswith("; the disk was not touched"), text
         assert info.value.serialize()["type"] == "ImageChecksumError"
+        assert read(target) == before  # byte for byte
+        assert _phases(seen) == ["download"] and seen[-1] == ("download", len(data), len(data))
+    assert list(tmp_path.glob("pxeforge-image-*")) == []  # the scratch copy is gone
+    # the read-only loop device refuses every write (EPERM): the wrong checksum above met
+    # no write at all; a write — the right checksum, or the same image streamed — hits it
+    with pytest.raises(ImageWriteError, match=f"writing {ro} failed: .*not permitted"):
+        _write(_info(url, data), ro, scratch_dir=str(tmp_path))
+    with pytest.raises(ImageWriteError, match=f"writing {ro} failed: .*not permitted"):
+        _write(_info(url, data, os_hash_value=wrong), ro, budget=0)
+
+
+def test_small_image_is_checked_first_then_written(
+    image_server: ImageServer, loop_device: Callable[..., str], tmp_path: Path
+) -> None:
+    data = _payload(5 * MIB + 7, seed=21)
+    url = image_server.add("disk.raw", data)
+    pattern = _pattern(4)
+    for target in (_device_file(tmp_path / "disk", 8 * MIB, fill=pattern),
+                   loop_device(8 * MIB, fill=pattern)):  # fmt: skip
+        before = read(target)
+        seen = _Seen()
+        result = _write(_info(url, data), target, scratch_dir=str(tmp_path), budget=len(data),
+                        progress=seen)  # fmt: skip
+        assert result["bytes_written"] == len(data)
+        assert read(target, 0, len(data)) == data
+        assert read(target, len(data)) == before[len(data) :]
+        assert _phases(seen) == ["download", "write", "verify"]
+        assert seen[-1] == ("verify", len(data), len(data))
+    assert list(tmp_path.glob("pxeforge-image-*")) == []
+
+
+def test_image_over_the_budget_is_streamed(
+    image_server: ImageServer, loop_device: Callable[..., str], tmp_path: Path
+) -> None:
+    data = _payload(3 * MIB)
+    url = image_server.add("disk.raw", data)
+    wrong = "0" * 64
+    pattern = _pattern(5)
+    for target in (_device_file(tmp_path / "disk", 4 * MIB, fill=pattern),
+                   loop_device(4 * MIB, fill=pattern)):  # fmt: skip
+        before = read(target)
+        seen = _Seen()
+        with pytest.raises(ImageChecksumError) as info:
+            _write(_info(url, data, os_hash_value=wrong), target, budget=len(data) - 1,
+                   progress=seen)  # fmt: skip
+        text = str(info.value)
+        assert wrong in text and hashlib.sha256(data).hexdigest() in text
+        assert text.endswith(
+            f"; the disk's first {len(data)} bytes were overwritten and zeroed again"
+        ), text
         assert read(target, 0, len(data)) == bytes(len(data))  # zeroed again
-        assert read(target, len(data)) == b"\xaa" * MIB
+        assert read(target, len(data)) == before[len(data) :]
+        assert _phases(seen) == ["write"] and seen[-1] == ("write", len(data), len(data))
+        # the right checksum: written straight to the disk, verified
+        seen.clear()
+        result = _write(_info(url, data), target, budget=MIB, scratch_dir=str(tmp_path),
+                        progress=seen)  # fmt: skip
+        assert result["bytes_written"] == len(data) and read(target, 0, len(data)) == data
+        assert _phases(seen) == ["write", "verify"]
+        assert list(tmp_path.glob("pxeforge-image-*")) == []  # no scratch copy was made
+
+
+def test_image_of_unknown_size_is_streamed(
+    image_server: ImageServer, loop_device: Callable[..., str], tmp_path: Path
+) -> None:
+    data = _payload(3 * MIB + 5)
+    image_server.add("disk.raw", data)
+    chunked = image_server.url("disk.raw", "chunked")
+    wrong = "1" * 64
+    big = 1 << 40  # any budget: without a length the image cannot be checked first
+    target = loop_device(4 * MIB, fill=_pattern(6))
+    before = read(target)
+    seen = _Seen()
+    with pytest.raises(ImageChecksumError, match=f"first {len(data)} bytes were overwritten "
+                       "and zeroed again$"):  # fmt: skip
+        _write(_info(chunked, data, os_hash_value=wrong), target, budget=big,
+               progress=seen)  # fmt: skip
+    assert read(target, 0, len(data)) == bytes(len(data))
+    assert read(target, len(data)) == before[len(data) :]
+    assert _phases(seen) == ["write"] and seen[-1] == ("write", len(data), None)
+    seen.clear()
+    result = _write(_info(chunked, data), target, budget=big,
+                    progress=seen)  # fmt: skip
+    assert result["bytes_written"] == len(data) and read(target, 0, len(data)) == data
+    assert _phases(seen) == ["write", "verify"]
+    # image_info's image_size makes the size known: checked first, the disk untouched
+    before = read(target)
+    with pytest.raises(ImageChecksumError, match="not touched$"):
+        _write(_info(chunked, data, os_hash_value=wrong, image_size=len(data)), target,
+               budget=big, scratch_dir=str(tmp_path))  # fmt: skip
+    assert read(target) == before
+    # a chunked body longer than image_size: refused, the scratch space never overfills
+    with pytest.raises(ImageDownloadError, match="runs past the 1048576 bytes announced"):
+        _write(_info(chunked, data, image_size=MIB), target, budget=big,
+               scratch_dir=str(tmp_path))  # fmt: skip
+    assert read(target) == before
+
+
+@pytest.mark.parametrize(
+    ("available", "free", "budget"),
+    [
+        (1024 * MIB, 10 * 1024 * MIB, 512 * MIB),  # half the memory
+        (1024 * MIB, 100 * MIB, 100 * MIB),  # no more than the scratch space has free
+        (1024 * MIB, None, 512 * MIB),  # ramfs: no limit of its own
+        (1001, None, 500),  # rounded down
+        (1024 * MIB, 0, 0),  # a full scratch space
+        (1024 * MIB, -5, 0),
+        (0, 100 * MIB, 0),
+        (None, 100 * MIB, 0),  # memory unknown: stream
+        (None, None, 0),
+    ],
+)
+def test_scratch_budget(available: int | None, free: int | None, budget: int) -> None:
+    assert scratch_budget(available, free) == budget
+
+
+@pytest.mark.parametrize(
+    ("text", "available"),
+    [
+        ("MemTotal:  786432 kB\nMemFree:  500000 kB\nMemAvailable:  600000 kB\n", 600000 * 1024),
+        ("MemAvailable: 12\n", 12),
+        ("MemTotal:  786432 kB\nMemFree:  500000 kB\n", None),  # kernels before 3.14
+        ("MemAvailable:  lots kB\n", None),
+        ("", None),
+    ],
+)
+def test_parse_meminfo(text: str, available: int | None) -> None:
+    assert parse_meminfo(text) == available
+
+
+def test_the_budget_is_measured_on_a_real_tmpfs(image_server: ImageServer, tmp_path: Path) -> None:
+    """Without ``budget``: /proc/meminfo and the scratch directory's free space decide."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(scratch)],
+                   check=True, timeout=60)  # fmt: skip
+    try:
+        available, free = measure_scratch(str(scratch))
+        assert free == 8 * MIB
+        assert available is not None and available > 16 * MIB  # this machine's memory
+        with open("/proc/meminfo") as f:
+            assert abs(available - (parse_meminfo(f.read()) or 0)) < 512 * MIB
+        assert measure_scratch(str(scratch), meminfo=str(tmp_path / "none")) == (None, 8 * MIB)
+        for size, phases in ((6 * MIB, ["download", "write", "verify"]),
+                             (12 * MIB, ["write", "verify"])):  # fmt: skip
+            data = _payload(size, seed=size)
+            url = image_server.add("disk.raw", data)
+            target = _device_file(tmp_path / "disk", 16 * MIB)
+            seen = _Seen()
+            _write(_info(url, data), target, scratch_dir=str(scratch),
+                   progress=seen)  # fmt: skip
+            assert _phases(seen) == phases, size
+            assert read(target, 0, size) == data
+    finally:
+        subprocess.run(["umount", str(scratch)], check=True, timeout=60)
 
 
 def test_qcow2_wrong_checksum_never_touches_the_disk(
@@ -165,7 +354,7 @@ def test_disk_too_small(image_server: ImageServer, qemu_img: str, tmp_path: Path
     assert read(target) == b"\xaa" * 6 * MIB
     # unknown length: refused when the next chunk would overflow (the first 4 MiB chunk
     # fitted), and what was written is zeroed again
-    with pytest.raises(ImageWriteError, match="overflowed after 4194304 bytes"):
+    with pytest.raises(ImageWriteError, match="overflowed after 4194304 bytes.*zeroed again$"):
         _write(_info(image_server.url("disk.raw", "nolength"), data), target)
     assert read(target) == bytes(4 * MIB) + b"\xaa" * 2 * MIB
     # qcow2 whose virtual disk is larger than the device
@@ -211,10 +400,16 @@ def test_formats_not_permitted_or_not_matching(
 def test_download_that_breaks_off(image_server: ImageServer, tmp_path: Path) -> None:
     data = _payload(2 * MIB)
     image_server.add("disk.raw", data)
+    short = image_server.url("disk.raw", "short")
     target = _device_file(tmp_path / "disk", 4 * MIB)
-    with pytest.raises(ImageDownloadError, match="ended after|broke off"):
-        _write(_info(image_server.url("disk.raw", "short"), data), target)
-    assert read(target) == bytes(MIB) + b"\xaa" * 3 * MIB  # the half that came is zeroed
+    # checked first: the disk is untouched
+    with pytest.raises(ImageDownloadError, match="(ended after|broke off).*not touched$"):
+        _write(_info(short, data), target, scratch_dir=str(tmp_path))
+    assert read(target) == b"\xaa" * 4 * MIB
+    # streamed: the half that came is zeroed again
+    with pytest.raises(ImageDownloadError, match="(ended after|broke off).* zeroed again$"):
+        _write(_info(short, data), target, budget=0)
+    assert read(target) == bytes(MIB) + b"\xaa" * 3 * MIB
     # image_size disagreeing with Content-Length
     with pytest.raises(ImageDownloadError, match="image_size 5"):
         _write(_info(image_server.url("disk.raw"), data, image_size=5), target)

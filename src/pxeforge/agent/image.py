@@ -1,4 +1,4 @@
-"""Write a whole-disk image from its URL to a disk: checked, streamed, hashed, verified.
+"""Write a whole-disk image from its URL to a disk: checked, hashed, written, verified.
 
 Theory of operation (docs/agent-protocol.md, "Image write"):
 
@@ -6,26 +6,38 @@ Theory of operation (docs/agent-protocol.md, "Image write"):
    hash algorithm other than sha256/sha512, a hash that is not hex of the right length,
    partition images → `InvalidCommandParamsError`, refused with 400).
 2. `write_image` checks the format is permitted (``raw``, ``qcow2``: else
-   `InvalidImageFormat`), opens the target (`blockio.open_target`) and learns its size, then
-   tries the URLs in order: the first that answers 200 is used; none → `ImageDownloadError`
-   naming each URL and why it failed.
+   `InvalidImageFormat`) and learns the device's size from a **read-only** open (``O_EXCL``
+   on a block device, so a mounted disk is refused now); the device is opened for writing
+   only once something is to be written. The URLs are tried in order: the first that
+   answers 200 is used; none → `ImageDownloadError` naming each URL and why it failed.
 3. **raw**: refused before writing when the announced length (``Content-Length``, else
-   ``image_size``) exceeds the device, and — when neither is known — as soon as the stream
-   would overflow it. The first bytes are looked at: a qcow2 image declared ``raw`` is refused
-   (`InvalidImageFormat`) before it is written. Chunks (`CHUNK`) are hashed and written
-   straight to the device. Any failure once writing began (checksum mismatch, overflow, the
-   stream breaking off or ending short of its ``Content-Length``) zeroes the written region
-   again before the command fails: the old disk is gone either way, and a half-written image
-   must not boot. A mismatch is `ImageChecksumError` naming the expected and the actual hash.
-4. **qcow2**: downloaded to a scratch file (``scratch_dir``: ``/tmp``, which is RAM in the
-   ramdisk) while hashing; the checksum is checked *before the disk is touched*; then the
-   header is checked (`qcow2.parse_header`: unsupported features → `InvalidImageFormat`), the
-   virtual size compared with the device, and `qcow2.convert` writes it.
+   ``image_size``) exceeds the device. The first bytes are looked at: a qcow2 image declared
+   ``raw`` is refused (`InvalidImageFormat`) before it is written. Then one of two modes:
+
+   * **checked first** — the length is known and fits the scratch budget (`scratch_budget`:
+     half of ``MemAvailable``, no more than the scratch directory has free; the scratch
+     directory is ``/tmp``, RAM in the ramdisk): the image is downloaded to a scratch file
+     while hashing and the checksum compared *before the device is opened for writing*. Any
+     failure up to there leaves the disk as it was and says so (``the disk was not
+     touched``); then the scratch copy is written to the device (phase ``write``).
+   * **streamed** — the length is unknown or too big for the budget: chunks (`CHUNK`) are
+     hashed and written straight to the device, refused as soon as the stream would
+     overflow it. Any failure once writing began (checksum mismatch, overflow, the stream
+     breaking off, ending short of or running past its announced length) zeroes the written
+     region again before the command fails — a half-written image must not boot — and the
+     error says so (``the disk's first N bytes were overwritten and zeroed again``).
+
+   A mismatch is `ImageChecksumError` naming the expected and the actual hash.
+4. **qcow2**: always downloaded to a scratch file while hashing (the reader needs random
+   access); the checksum is checked *before the disk is touched*; then the header is checked
+   (`qcow2.parse_header`: unsupported features → `InvalidImageFormat`), the virtual size
+   compared with the device, and `qcow2.convert` writes it.
 5. **Verify**: `blockio.drop_cache` (fsync, ``POSIX_FADV_DONTNEED``), then the written bytes
    are read back and hashed with the image's algorithm; a difference is `ImageWriteError`.
 
-Progress goes to ``progress(phase, done, total)`` (phases ``download``, ``write``,
-``convert``, ``verify``; ``total`` None when unknown).
+Progress goes to ``progress(phase, done, total)``: ``download`` (to scratch), ``write`` (to
+the device: from scratch, or straight from the network when streamed), ``convert``,
+``verify``; ``total`` None when unknown.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 import tempfile
 import time
 import urllib.error
@@ -44,6 +57,7 @@ from typing import Any, BinaryIO, Final
 
 from pxeforge.agent import blockio, qcow2
 from pxeforge.agent.errors import (
+    AgentError,
     ImageChecksumError,
     ImageDownloadError,
     ImageWriteError,
@@ -55,9 +69,13 @@ __all__ = [
     "CHUNK",
     "HASH_ALGOS",
     "PERMITTED_FORMATS",
+    "SCRATCH_SHARE",
     "ImageInfo",
     "ProgressFn",
+    "measure_scratch",
     "parse_image_info",
+    "parse_meminfo",
+    "scratch_budget",
     "write_image",
 ]
 
@@ -179,6 +197,63 @@ def _expected_length(info: ImageInfo, url: str, length: int | None) -> int | Non
     return length if length is not None else info.image_size
 
 
+SCRATCH_SHARE: Final = 2
+"""A checked-first image may take at most 1/SCRATCH_SHARE of ``MemAvailable``."""
+NOT_TOUCHED: Final = "the disk was not touched"
+
+
+def parse_meminfo(text: str) -> int | None:
+    """``MemAvailable`` from ``/proc/meminfo``'s text, in bytes; None when it is absent."""
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name.strip() != "MemAvailable":
+            continue
+        fields = rest.split()
+        if not fields or not fields[0].isdigit():
+            return None
+        unit = fields[1].lower() if len(fields) > 1 else ""
+        return int(fields[0]) * (1024 if unit == "kb" else 1)
+    return None
+
+
+def scratch_budget(mem_available: int | None, scratch_free: int | None) -> int:
+    """Bytes a raw image may take in RAM-backed scratch space before it is written.
+
+    ``mem_available``: the kernel's ``MemAvailable`` in bytes (None: unknown → 0, stream).
+    ``scratch_free``: bytes free in the scratch directory's filesystem (None: the filesystem
+    sets no limit, as ramfs reports). Half the available memory — the rest stays for the
+    agent, the page cache of the write and the read-back — and no more than is free.
+    """
+    if mem_available is None or mem_available <= 0:
+        return 0
+    budget = mem_available // SCRATCH_SHARE
+    if scratch_free is not None:
+        budget = min(budget, max(scratch_free, 0))
+    return budget
+
+
+def measure_scratch(
+    scratch_dir: str | None, meminfo: str = "/proc/meminfo"
+) -> tuple[int | None, int | None]:
+    """(``MemAvailable``, free bytes of ``scratch_dir``): `scratch_budget`'s inputs, measured."""
+    try:
+        with open(meminfo, encoding="ascii", errors="replace") as f:
+            available = parse_meminfo(f.read())
+    except OSError:
+        available = None
+    try:
+        st = os.statvfs(scratch_dir or tempfile.gettempdir())
+    except OSError:
+        return available, 0
+    free = None if st.f_blocks == 0 else st.f_bavail * st.f_frsize
+    return available, free
+
+
+def _noted(exc: AgentError, note: str) -> AgentError:
+    """``exc`` again (same type) with ``note`` appended to its details."""
+    return type(exc)(f"{exc.details}; {note}" if exc.details else note)
+
+
 def _checksum_error(info: ImageInfo, url: str, actual: str) -> ImageChecksumError:
     return ImageChecksumError(
         f"image {info.id or '(no id)'} from {url} failed to verify: expected "
@@ -186,14 +261,21 @@ def _checksum_error(info: ImageInfo, url: str, actual: str) -> ImageChecksumErro
     )
 
 
-def _zero_again(fd: int, device: str, length: int) -> None:
-    """After a failure: the first ``length`` bytes of the device read as zeros again."""
+def _zero_again(fd: int, device: str, length: int) -> str:
+    """After a failure: the first ``length`` bytes of the device read as zeros again.
+
+    Returns the sentence the error gets.
+    """
+    if length <= 0:
+        return NOT_TOUCHED
     log.warning("zeroing the first %d bytes of %s again", length, device)
     try:
         blockio.zero_range(fd, 0, length)
         os.fsync(fd)
     except OSError as exc:  # the original error matters more; say this one too
         log.error("zeroing %s failed: %s", device, exc)
+        return f"the disk's first {length} bytes were overwritten; zeroing them again failed: {exc}"
+    return f"the disk's first {length} bytes were overwritten and zeroed again"
 
 
 class _Throttle:
@@ -210,123 +292,269 @@ class _Throttle:
             self.progress(phase, done, total)
 
 
-def _stream_raw(
-    info: ImageInfo, fd: int, device: str, device_size: int, progress: _Throttle, timeout: float
-) -> dict[str, Any]:
-    url, response = _open(info, timeout)
-    written = 0
-    try:
-        with response:
-            expected = _expected_length(info, url, _length(response))
-            if expected is not None and expected > device_size:
+class _Target:
+    """The device: its size from a read-only open, opened for writing only when asked."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: int | None = None
+        try:
+            flags = os.O_RDONLY | os.O_CLOEXEC
+            if stat.S_ISBLK(os.stat(path).st_mode):
+                flags |= os.O_EXCL  # busy (mounted, held) → refused now, before downloading
+            fd = os.open(path, flags)
+            try:
+                self.size = blockio.size_of(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise ImageWriteError(f"cannot open {path}: {exc.strerror or exc}") from None
+
+    def open(self) -> int:
+        if self.fd is None:
+            try:
+                self.fd = blockio.open_target(self.path)
+            except OSError as exc:
                 raise ImageWriteError(
-                    f"the image ({expected} bytes) is larger than {device} "
-                    f"({device_size} bytes); nothing was written"
-                )
-            h = hashlib.new(info.os_hash_algo)
-            buf = bytearray(CHUNK)
-            first = True
-            while True:
-                view = memoryview(buf)
-                n = _read(response, view, url)
-                if n == 0:
-                    break
-                chunk = view[:n]
-                if first:
-                    first = False
-                    if qcow2.is_qcow2(bytes(chunk[:4])):
-                        raise InvalidImageFormat(
-                            f"image {info.id or '(no id)'} from {url} is "
-                            "qcow2 but disk_format says raw"
-                        )
-                if written + n > device_size:
-                    raise ImageWriteError(
-                        f"the image from {url} does not fit on {device} "
-                        f"({device_size} bytes): it overflowed after "
-                        f"{written} bytes"
-                    )
-                blockio.write_all(fd, chunk, written)
-                h.update(chunk)
-                written += n
-                progress("write", written, expected)
-            progress("write", written, expected, final=True)
-            if expected is not None and written != expected:
-                raise ImageDownloadError(
-                    f"{url}: the download ended after {written} of {expected} bytes"
-                )
-            actual = h.hexdigest()
-            if actual != info.os_hash_value:
-                raise _checksum_error(info, url, actual)
-    except BaseException:
-        if written:
-            _zero_again(fd, device, written)
-        raise
-    return {"bytes_written": written, "image_size": written, "hash": actual, "url": url}
+                    f"cannot open {self.path} for writing: {exc.strerror or exc}; {NOT_TOUCHED}"
+                ) from None
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+Sink = Callable[[memoryview, int], None]
+"""``sink(chunk, offset)``: where `_pump` puts each chunk."""
+
+
+def _pump(
+    url: str,
+    response: Any,
+    expected: int | None,
+    algo: str,
+    sink: Sink,
+    phase: str,
+    progress: _Throttle,
+    check_first: Callable[[bytes], None] | None = None,
+) -> tuple[int, str]:
+    """Read the response to its end into ``sink`` while hashing: (size, hex digest)."""
+    h = hashlib.new(algo)
+    buf = bytearray(CHUNK)
+    size = 0
+    while True:
+        view = memoryview(buf)
+        n = _read(response, view, url)
+        if n == 0:
+            break
+        chunk = view[:n]
+        if size == 0 and check_first is not None:
+            check_first(bytes(chunk[:4]))
+        if expected is not None and size + n > expected:
+            raise ImageDownloadError(
+                f"{url}: the download runs past the {expected} bytes announced"
+            )
+        sink(chunk, size)
+        h.update(chunk)
+        size += n
+        progress(phase, size, expected)
+    progress(phase, size, expected, final=True)
+    if expected is not None and size != expected:
+        raise ImageDownloadError(f"{url}: the download ended after {size} of {expected} bytes")
+    return size, h.hexdigest()
+
+
+def _scratch_sink(url: str, scratch: BinaryIO) -> Sink:
+    def sink(chunk: memoryview, offset: int) -> None:
+        try:
+            scratch.write(chunk)
+        except OSError as exc:
+            raise ImageDownloadError(
+                f"{url}: no room for the image in the scratch space after {offset} bytes: {exc}"
+            ) from None
+
+    return sink
 
 
 def _download(
-    info: ImageInfo, scratch: BinaryIO, progress: _Throttle, timeout: float
-) -> tuple[str, int, str]:
-    """Download into ``scratch``: (url, size, hex digest)."""
+    info: ImageInfo,
+    url: str,
+    response: Any,
+    expected: int | None,
+    scratch: BinaryIO,
+    progress: _Throttle,
+    check_first: Callable[[bytes], None] | None = None,
+) -> tuple[int, str]:
+    """Download into ``scratch`` and check the checksum: (size, hex digest).
+
+    Nothing here touches the disk: every error says so.
+    """
+    try:
+        size, actual = _pump(url, response, expected, info.os_hash_algo,
+                             _scratch_sink(url, scratch), "download", progress,
+                             check_first)  # fmt: skip
+        scratch.flush()
+        if actual != info.os_hash_value:
+            raise _checksum_error(info, url, actual)
+    except AgentError as exc:
+        raise _noted(exc, NOT_TOUCHED) from None
+    return size, actual
+
+
+def _refuse_qcow2(info: ImageInfo, url: str) -> Callable[[bytes], None]:
+    def check(first: bytes) -> None:
+        if qcow2.is_qcow2(first):
+            raise InvalidImageFormat(
+                f"image {info.id or '(no id)'} from {url} is qcow2 but disk_format says raw"
+            )
+
+    return check
+
+
+def _raw_checked_first(
+    info: ImageInfo,
+    url: str,
+    response: Any,
+    expected: int,
+    target: _Target,
+    progress: _Throttle,
+    scratch_dir: str | None,
+) -> dict[str, Any]:
+    with tempfile.TemporaryFile(dir=scratch_dir, prefix="pxeforge-image-") as scratch:
+        size, actual = _download(info, url, response, expected, scratch, progress,
+                                 _refuse_qcow2(info, url))  # fmt: skip
+        fd = target.open()
+        scratch.seek(0)
+        buf = bytearray(CHUNK)
+        written = 0
+        try:
+            while written < size:
+                view = memoryview(buf)[: min(CHUNK, size - written)]
+                n = scratch.readinto(view)
+                if not n:
+                    raise OSError(f"the scratch copy ended after {written} of {size} bytes")
+                blockio.write_all(fd, view[:n], written)
+                written += n
+                progress("write", written, size)
+        except OSError as exc:
+            note = _zero_again(fd, target.path, written)
+            raise ImageWriteError(f"writing {target.path} failed: {exc}; {note}") from None
+        except BaseException:
+            _zero_again(fd, target.path, written)
+            raise
+        progress("write", written, size, final=True)
+    return {"bytes_written": size, "image_size": size, "hash": actual, "url": url,
+            "written_hash": actual}  # fmt: skip
+
+
+def _raw_streamed(
+    info: ImageInfo,
+    url: str,
+    response: Any,
+    expected: int | None,
+    target: _Target,
+    progress: _Throttle,
+) -> dict[str, Any]:
+    fd = target.open()
+    written = 0
+
+    def sink(chunk: memoryview, offset: int) -> None:
+        nonlocal written
+        if offset + len(chunk) > target.size:
+            raise ImageWriteError(
+                f"the image from {url} does not fit on {target.path} "
+                f"({target.size} bytes): it overflowed after {offset} bytes"
+            )
+        blockio.write_all(fd, chunk, offset)
+        written = offset + len(chunk)
+
+    try:
+        size, actual = _pump(url, response, expected, info.os_hash_algo, sink, "write",
+                             progress, _refuse_qcow2(info, url))  # fmt: skip
+        if actual != info.os_hash_value:
+            raise _checksum_error(info, url, actual)
+    except AgentError as exc:
+        raise _noted(exc, _zero_again(fd, target.path, written)) from None
+    except OSError as exc:
+        note = _zero_again(fd, target.path, written)
+        raise ImageWriteError(f"writing {target.path} failed: {exc}; {note}") from None
+    except BaseException:
+        _zero_again(fd, target.path, written)
+        raise
+    return {"bytes_written": size, "image_size": size, "hash": actual, "url": url,
+            "written_hash": actual}  # fmt: skip
+
+
+def _write_raw(
+    info: ImageInfo,
+    target: _Target,
+    progress: _Throttle,
+    timeout: float,
+    scratch_dir: str | None,
+    budget: int | None,
+) -> dict[str, Any]:
     url, response = _open(info, timeout)
     with response:
         expected = _expected_length(info, url, _length(response))
-        h = hashlib.new(info.os_hash_algo)
-        buf = bytearray(CHUNK)
-        size = 0
-        while True:
-            view = memoryview(buf)
-            n = _read(response, view, url)
-            if n == 0:
-                break
-            try:
-                scratch.write(view[:n])
-            except OSError as exc:
-                raise ImageDownloadError(
-                    f"{url}: no room for the image in the scratch space after {size} bytes: {exc}"
-                ) from None
-            h.update(view[:n])
-            size += n
-            progress("download", size, expected)
-        progress("download", size, expected, final=True)
-    if expected is not None and size != expected:
-        raise ImageDownloadError(f"{url}: the download ended after {size} of {expected} bytes")
-    scratch.flush()
-    return url, size, h.hexdigest()
+        if expected is not None and expected > target.size:
+            raise ImageWriteError(
+                f"the image ({expected} bytes) is larger than {target.path} "
+                f"({target.size} bytes); nothing was written"
+            )
+        if expected is not None:
+            if budget is None:
+                budget = scratch_budget(*measure_scratch(scratch_dir))
+            if expected <= budget:
+                log.info("image %s: %d bytes, checked in scratch space (budget %d) before "
+                         "writing", info.id, expected, budget)  # fmt: skip
+                return _raw_checked_first(info, url, response, expected, target, progress,
+                                          scratch_dir)  # fmt: skip
+        log.info("image %s: %s, streamed straight to %s", info.id,
+                 "size unknown" if expected is None else f"{expected} bytes > budget {budget}",
+                 target.path)  # fmt: skip
+        return _raw_streamed(info, url, response, expected, target, progress)
 
 
 def _write_qcow2(
     info: ImageInfo,
-    fd: int,
-    device: str,
-    device_size: int,
+    target: _Target,
     progress: _Throttle,
     timeout: float,
     scratch_dir: str | None,
 ) -> dict[str, Any]:
-    with tempfile.TemporaryFile(dir=scratch_dir, prefix="pxeforge-image-") as scratch:
-        url, size, actual = _download(info, scratch, progress, timeout)
-        if actual != info.os_hash_value:
-            raise _checksum_error(info, url, actual)
+    url, response = _open(info, timeout)
+    with (
+        response,
+        tempfile.TemporaryFile(dir=scratch_dir, prefix="pxeforge-image-") as scratch,
+    ):
+        expected = _expected_length(info, url, _length(response))
+        size, actual = _download(info, url, response, expected, scratch, progress)
         try:
             image = qcow2.Qcow2Image(scratch)
         except qcow2.Qcow2Error as exc:
-            raise InvalidImageFormat(f"image {info.id or '(no id)'} from {url}: {exc}") from None
+            raise InvalidImageFormat(
+                f"image {info.id or '(no id)'} from {url}: {exc}; {NOT_TOUCHED}"
+            ) from None
         virtual = image.header.size
-        if virtual > device_size:
+        if virtual > target.size:
             raise ImageWriteError(
                 f"the image's virtual disk ({virtual} bytes) is larger than "
-                f"{device} ({device_size} bytes); nothing was written"
+                f"{target.path} ({target.size} bytes); nothing was written"
             )
+        fd = target.open()
         h = hashlib.new(info.os_hash_algo)
         try:
             qcow2.convert(
                 image, fd, hasher=h, progress=lambda done, total: progress("convert", done, total)
             )
         except BaseException as exc:
-            _zero_again(fd, device, virtual)
+            note = _zero_again(fd, target.path, virtual)
             if isinstance(exc, qcow2.Qcow2Error):
-                raise InvalidImageFormat(f"image {info.id or '(no id)'}: {exc}") from None
+                raise InvalidImageFormat(f"image {info.id or '(no id)'}: {exc}; {note}") from None
+            if isinstance(exc, OSError):
+                raise ImageWriteError(f"writing {target.path} failed: {exc}; {note}") from None
             raise
         progress("convert", virtual, virtual, final=True)
     return {
@@ -345,8 +573,13 @@ def write_image(
     progress: ProgressFn | None = None,
     scratch_dir: str | None = None,
     timeout: float = DOWNLOAD_TIMEOUT,
+    budget: int | None = None,
 ) -> dict[str, Any]:
-    """Write the image to ``device``; prepare_image's result (see the module docstring)."""
+    """Write the image to ``device``; prepare_image's result (see the module docstring).
+
+    ``budget``: bytes a raw image may take in scratch space to be checked before it is
+    written; None measures it (`scratch_budget` over ``/proc/meminfo`` and ``statvfs``).
+    """
     if info.disk_format not in PERMITTED_FORMATS:
         raise InvalidImageFormat(
             f"disk_format {info.disk_format!r} of image "
@@ -354,18 +587,13 @@ def write_image(
             f"{', '.join(PERMITTED_FORMATS)})"
         )
     throttle = _Throttle(progress)
+    target = _Target(device)
     try:
-        fd = blockio.open_target(device)
-    except OSError as exc:
-        raise ImageWriteError(f"cannot open {device}: {exc.strerror or exc}") from None
-    try:
-        device_size = blockio.size_of(fd)
         if info.disk_format == "raw":
-            done = _stream_raw(info, fd, device, device_size, throttle, timeout)
-            written_hash = done["hash"]
+            done = _write_raw(info, target, throttle, timeout, scratch_dir, budget)
         else:
-            done = _write_qcow2(info, fd, device, device_size, throttle, timeout, scratch_dir)
-            written_hash = done["written_hash"]
+            done = _write_qcow2(info, target, throttle, timeout, scratch_dir)
+        fd = target.open()
         length = done["bytes_written"]
         try:
             blockio.drop_cache(fd)
@@ -378,15 +606,15 @@ def write_image(
         except OSError as exc:
             raise ImageWriteError(f"reading {device} back failed: {exc}") from None
         throttle("verify", length, length, final=True)
-        if back != written_hash:
+        if back != done["written_hash"]:
             raise ImageWriteError(
                 f"{device} does not read back what was written: "
-                f"{info.os_hash_algo} {back}, written {written_hash}"
+                f"{info.os_hash_algo} {back}, written {done['written_hash']}"
             )
     except OSError as exc:
         raise ImageWriteError(f"{device}: {exc}") from None
     finally:
-        os.close(fd)
+        target.close()
     log.info(
         "image %s from %s written to %s (%d bytes), verified", info.id, done["url"], device, length
     )
