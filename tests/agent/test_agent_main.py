@@ -174,10 +174,11 @@ def test_agent_deploys_an_image_and_reboots(
                      {"name": "standby.sync", "params": {}})[0] == 409  # fmt: skip
         # progress heartbeats while it runs (every 5 s, not Ironic's 90-180 s) ...
         at = fake_api.wait(_status("prepare_image: "), 20)
-        running = [b for _, b in fake_api.heartbeats if "MiB written" in
+        # (8 MiB with a Content-Length fit the scratch budget: downloaded and checked first)
+        running = [b for _, b in fake_api.heartbeats if "MiB downloaded" in
                    b.get("agent_status_message", "")]  # fmt: skip
         assert running, fake_api.heartbeats
-        assert " MiB written (" in running[0]["agent_status_message"]
+        assert " MiB downloaded (" in running[0]["agent_status_message"]
         assert at - started <= 5 + 2
         # ... and one at once when it ends
         ended = fake_api.wait(_status("prepare_image: SUCCEEDED"), 60)

@@ -6,7 +6,10 @@ Theory of operation (docs/agent-protocol.md, "Commands"):
   `disks.parse_hints` the optional ``root_device_hints`` before the command starts (400 when
   bad); the command then picks the root device (`disks.choose_root_device` over the
   `DiskScope`) and writes the image (`image.write_image`), reporting
-  ``"prepare_image: 120.0/512.0 MiB written (23 %)"``-style progress.
+  ``"prepare_image: 120.0/512.0 MiB written (23 %)"``-style progress: ``downloaded`` while a
+  raw image that fits the scratch budget (or a qcow2 image) comes into RAM to be checked
+  before the disk is touched, ``written`` while it goes to the disk (straight from the
+  network when streamed), ``converted`` (qcow2), ``verified`` while it is read back.
 * ``standby.sync`` (sync): ``sync(2)``.
 * ``standby.run_image`` / ``standby.power_off`` (async): sync, wait `POWER_GRACE` so the
   answer and a heartbeat can leave, then the ``power`` action — by default `power_action`:
@@ -95,7 +98,7 @@ def standby_commands(
             scope.disks(), params.get("root_device_hints"), min_size=scope.min_root_size
         )
         log.info("image %s → %s", info.id, disk.describe())
-        progress(f"prepare_image: writing to {disk.name}")
+        progress(f"prepare_image: the image goes to {disk.name}")
         return write_image(
             info,
             disk.name,
