@@ -395,7 +395,8 @@ def test_wrong_checksum_fails_with_the_agents_error(
     assert node["target_provision_state"] == "active"
     assert agent.power() == []  # never rebooted into a bad image
     assert api.fake.machines["m1"].boot == BootSetting(BootDevice.PXE, False)
-    assert read(agent.dev, 0, len(IMAGE)) == b"\0" * len(IMAGE)  # the agent zeroed it
+    assert "the disk was not touched" in error, error  # checked in RAM before writing
+    assert read(agent.dev, 0, len(IMAGE)) == b"\xee" * len(IMAGE)  # the disk as it was
     # retry with the right checksum: deploy again from "deploy failed", a new agent boot
     agent.close()
     set_image(api, uuid, image_fields(images))
@@ -526,7 +527,7 @@ def test_progress_is_visible_and_heartbeats_keep_the_wait_alive(
         time.sleep(0.1)
     node = wait_for(api, uuid, "active", "deploy failed")
     assert node["provision_state"] == "active", (node["last_error"], agent.output())
-    progress = [m for m in seen if m.startswith("prepare_image: ") and "MiB written" in m]
+    progress = [m for m in seen if m.startswith("prepare_image: ") and "MiB downloaded" in m]
     assert progress, seen
     assert read(agent.dev, 0, len(data)) == data
 
