@@ -257,7 +257,12 @@ class _AccessLog(AccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         if self.logger.isEnabledFor(logging.INFO):
             super().log(request, response, time)
-        server = request.app.get(_SERVER) if isinstance(request, web.Request) else None
+        server = None
+        if isinstance(request, web.Request):
+            try:
+                server = request.app.get(_SERVER)
+            except (AssertionError, AttributeError):
+                pass  # a request the parser refused never matched a route: it has no app
         if server is not None:
             server._answered(request, response, time)
 
