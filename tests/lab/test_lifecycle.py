@@ -17,9 +17,10 @@ the VM's QMP socket. Through the API inside the namespace:
     → undeploy → cleaning (the image's partition table is erased) → available
 
 once on BIOS (iPXE ROM → pxelinux) and once on UEFI (OVMF → shim → GRUB). Two failures:
-a deploy whose checksum is wrong ends in ``deploy failed`` naming the checksum (and the disk
-region written is zeroed again), and a node whose agent cannot reach the API ends in ``deploy
-failed`` after the configured (short) ``deploy_callback_timeout``.
+a deploy whose checksum is wrong ends in ``deploy failed`` naming the checksum, the disk byte
+for byte as it was (the agent checks an image that fits its RAM before it writes), and a
+node whose agent cannot reach the API ends in ``deploy failed`` after the configured (short)
+``deploy_callback_timeout``.
 
 Every phase is timed and printed (``-s``); the totals are what .ci/run spends here.
 """
@@ -114,7 +115,11 @@ class Node:
         failures = {"inspect failed", "clean failed", "deploy failed", "error", *fail} - {state}
         deadline = time.monotonic() + timeout
         while True:
-            node = self.get()
+            try:
+                node = self.get()
+            except Exception as exc:  # the API did not answer: show what the server said
+                log = procs.tail(self.lab.server_log, 60)
+                raise AssertionError(f"GET node failed: {exc!r}\n--- server log:\n{log}") from exc
             current = node["provision_state"]
             if current == state:
                 return node
@@ -329,6 +334,15 @@ def test_deploy_with_a_wrong_checksum_fails(
     uploaded = _upload(lab, image.path)
     wrong = hashlib.sha256(b"not the image").hexdigest()
     node.patch(_instance_info(uploaded["url"], wrong))
+    # an old system on the disk, where the image would go (and a little past it)
+    disk = _disk(vm)
+    old_size = image.size + MIB
+    with open(disk, "r+b") as f:
+        f.write(secrets.token_bytes(old_size))
+    old = _disk_sha256(disk, old_size)
+    # the agent checks an image in RAM first when it fits half of MemAvailable: the VM's
+    # memory must leave room for that beside the unpacked ramdisk
+    assert vm.spec.memory_mb == MEMORY_MB and MEMORY_MB * MIB >= 16 * image.size, MEMORY_MB
     timer.lap("set-up")
 
     node.provision("active")
@@ -337,8 +351,9 @@ def test_deploy_with_a_wrong_checksum_fails(
     assert "checksum" in error.lower(), error
     assert wrong in error, error  # it names the expected value …
     assert image.sha256 in error, error  # … and what the image really hashes to
-    # the agent zeroes what it wrote: no half image that could boot
-    assert _region(_disk(vm), 0, image.size) == bytes(image.size)
+    # checked before the disk was opened for writing: the old system is still there
+    assert "the disk was not touched" in error, error
+    assert _disk_sha256(disk, old_size) == old, "the disk is not as it was"
     timer.lap("deploy → deploy failed")
     timer.report()
 
