@@ -26,9 +26,7 @@ from urllib.parse import quote
 
 import click
 
-from pxeforge.api.auth import read_credentials
-from pxeforge.cli.node import DEFAULT_URL, ApiClient
-from pxeforge.config import Settings
+from pxeforge.cli.node import api_options, client_from
 
 __all__ = ["EXIT_ERRORS", "doctor", "render"]
 
@@ -94,18 +92,7 @@ def render(machine: dict[str, Any], width: int = 100) -> list[str]:
 @click.command()
 @click.argument("ident", required=False)
 @click.option("--json", "as_json", is_flag=True, help="The API's answer as JSON.")
-@click.option("--url", envvar="PXEFORGE_URL", default=DEFAULT_URL, show_default=True,
-              help="The pxeforge API (env PXEFORGE_URL).")  # fmt: skip
-@click.option("--user", envvar="PXEFORGE_USER", help="API user (env PXEFORGE_USER).")
-@click.option("--password", envvar="PXEFORGE_PASSWORD",
-              help="API password (env PXEFORGE_PASSWORD).")  # fmt: skip
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Settings().data_dir,
-    show_default=True,
-    help="Where `pxeforge serve` keeps api-credentials (used when no user/password given).",
-)
+@api_options
 def doctor(
     ident: str | None,
     as_json: bool,
@@ -120,12 +107,7 @@ def doctor(
     server's live timeline (DHCP, TFTP, HTTP, agent, power, state changes) and the node.
     Exit status 3 when something is at error severity.
     """
-    if user is None or password is None:
-        creds = read_credentials(data_dir)
-        if creds is not None:
-            user = user if user is not None else creds.user
-            password = password if password is not None else creds.password
-    client = ApiClient(url, user, password)
+    client = client_from(url, user, password, data_dir)
     if ident:
         answer = client.get(f"/v1/nodes/{quote(ident, safe='')}/doctor")
         machines = [answer]

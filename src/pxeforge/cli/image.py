@@ -19,9 +19,14 @@ from urllib.parse import quote, urlsplit
 
 import click
 
-from pxeforge.api.auth import read_credentials
-from pxeforge.cli.node import CLI_VERSION, DEFAULT_URL, ApiClient, ApiFailure, _fault
-from pxeforge.config import Settings
+from pxeforge.cli.node import (
+    CLI_VERSION,
+    ApiClient,
+    ApiFailure,
+    _fault,
+    api_options,
+    client_from,
+)
 
 __all__ = ["image"]
 
@@ -33,29 +38,13 @@ pass_client = click.make_pass_decorator(ApiClient)
 
 
 @click.group()
-@click.option("--url", envvar="PXEFORGE_URL", default=DEFAULT_URL, show_default=True,
-              help="The pxeforge API (env PXEFORGE_URL).")  # fmt: skip
-@click.option("--user", envvar="PXEFORGE_USER", help="API user (env PXEFORGE_USER).")
-@click.option("--password", envvar="PXEFORGE_PASSWORD",
-              help="API password (env PXEFORGE_PASSWORD).")  # fmt: skip
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Settings().data_dir,
-    show_default=True,
-    help="Where `pxeforge serve` keeps api-credentials (used when no user/password given).",
-)
+@api_options
 @click.pass_context
 def image(
     ctx: click.Context, url: str, user: str | None, password: str | None, data_dir: Path
 ) -> None:
     """Upload, list and delete the disk images pxeforge serves for image deploys."""
-    if user is None or password is None:
-        creds = read_credentials(data_dir)
-        if creds is not None:
-            user = user if user is not None else creds.user
-            password = password if password is not None else creds.password
-    ctx.obj = ApiClient(url, user, password)
+    ctx.obj = client_from(url, user, password, data_dir)
 
 
 def disk_format(path: Path) -> str:

@@ -26,10 +26,10 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import quote, urlencode
 
 import click
@@ -137,30 +137,47 @@ def _pairs(items: Iterable[str], option: str) -> dict[str, Any]:
 pass_client = click.make_pass_decorator(ApiClient)
 
 
-@click.group()
-@click.option("--url", envvar="PXEFORGE_URL", default=DEFAULT_URL, show_default=True,
-              help="The pxeforge API (env PXEFORGE_URL).")  # fmt: skip
-@click.option("--user", envvar="PXEFORGE_USER", help="API user (env PXEFORGE_USER).")
-@click.option("--password", envvar="PXEFORGE_PASSWORD",
-              help="API password (env PXEFORGE_PASSWORD).")  # fmt: skip
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Settings().data_dir,
-    show_default=True,
-    help="Where `pxeforge serve` keeps api-credentials (used when no user/password given).",
-)
-@click.pass_context
-def node(
-    ctx: click.Context, url: str, user: str | None, password: str | None, data_dir: Path
-) -> None:
-    """Manage nodes and ports through the pxeforge REST API."""
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def api_options(fn: F) -> F:
+    """The options every API command takes: ``--url``, ``--user``, ``--password``,
+    ``--data-dir`` (where `pxeforge serve` wrote ``api-credentials``)."""
+    for option in reversed(
+        [
+            click.option("--url", envvar="PXEFORGE_URL", default=DEFAULT_URL, show_default=True,
+                         help="The pxeforge API (env PXEFORGE_URL)."),
+            click.option("--user", envvar="PXEFORGE_USER", help="API user (env PXEFORGE_USER)."),
+            click.option("--password", envvar="PXEFORGE_PASSWORD",
+                         help="API password (env PXEFORGE_PASSWORD)."),
+            click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False),
+                         default=Settings().data_dir, show_default=True,
+                         help="Where `pxeforge serve` keeps api-credentials (used when no "
+                              "user/password given)."),
+        ]
+    ):  # fmt: skip
+        fn = option(fn)
+    return fn
+
+
+def client_from(url: str, user: str | None, password: str | None, data_dir: Path) -> ApiClient:
+    """An `ApiClient`; credentials not given come from ``data_dir``'s api-credentials."""
     if user is None or password is None:
         creds = read_credentials(data_dir)
         if creds is not None:
             user = user if user is not None else creds.user
             password = password if password is not None else creds.password
-    ctx.obj = ApiClient(url, user, password)
+    return ApiClient(url, user, password)
+
+
+@click.group()
+@api_options
+@click.pass_context
+def node(
+    ctx: click.Context, url: str, user: str | None, password: str | None, data_dir: Path
+) -> None:
+    """Manage nodes and ports through the pxeforge REST API."""
+    ctx.obj = client_from(url, user, password, data_dir)
 
 
 # ---- output ---------------------------------------------------------------------------------
